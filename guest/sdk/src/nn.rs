@@ -1,0 +1,203 @@
+//! Running models: load a granted model by name, build tensors from slices,
+//! run, and read outputs back as typed vectors.
+
+use crate::Error;
+use crate::bindings::wasi::nn::errors::{self, ErrorCode};
+use crate::bindings::wasi::nn::graph::{self, Graph};
+use crate::bindings::wasi::nn::inference::GraphExecutionContext;
+use std::fmt;
+
+pub use crate::bindings::wasi::nn::tensor::{Tensor, TensorType};
+
+/// A `wasi:nn` call failed. Converts into [`Error::Internal`] with `?`.
+#[derive(Debug, Clone)]
+pub struct InferenceError {
+    /// The `wasi:nn` error code, e.g. `security` for an ungranted model.
+    pub code: ErrorCode,
+    /// What the host said about it.
+    pub message: String,
+}
+
+impl InferenceError {
+    fn from_host(context: &str, error: errors::Error) -> Self {
+        InferenceError { code: error.code(), message: format!("{context}: {}", error.data()) }
+    }
+
+    fn local(message: String) -> Self {
+        InferenceError { code: ErrorCode::InvalidArgument, message }
+    }
+
+    /// The error code as the WIT spells it (`invalid-argument`, `security`, ...).
+    pub fn code_name(&self) -> &'static str {
+        match self.code {
+            ErrorCode::InvalidArgument => "invalid-argument",
+            ErrorCode::InvalidEncoding => "invalid-encoding",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::RuntimeError => "runtime-error",
+            ErrorCode::UnsupportedOperation => "unsupported-operation",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::Security => "security",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for InferenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code_name())
+    }
+}
+
+impl std::error::Error for InferenceError {}
+
+impl From<InferenceError> for Error {
+    fn from(error: InferenceError) -> Self {
+        Error::Internal(error.to_string())
+    }
+}
+
+/// A model this module was granted, loaded by name.
+pub struct Model {
+    name: String,
+    graph: Graph,
+}
+
+impl Model {
+    /// Loads the granted model `name` (or `name@version`).
+    pub fn load(name: &str) -> Result<Self, InferenceError> {
+        let graph = graph::load_by_name(name)
+            .map_err(|e| InferenceError::from_host(&format!("loading model `{name}`"), e))?;
+        Ok(Model { name: name.to_owned(), graph })
+    }
+
+    /// A session for a series of runs, e.g. frame by frame.
+    pub fn session(&self) -> Result<Session, InferenceError> {
+        let context = self.graph.init_execution_context().map_err(|e| {
+            InferenceError::from_host(&format!("starting a session on `{}`", self.name), e)
+        })?;
+        Ok(Session { model: self.name.clone(), context })
+    }
+
+    /// Runs the model once on named inputs.
+    pub fn run<N: Into<String>>(
+        &self,
+        inputs: impl IntoIterator<Item = (N, Tensor)>,
+    ) -> Result<Outputs, InferenceError> {
+        self.session()?.run(inputs)
+    }
+}
+
+/// An execution context on one model.
+pub struct Session {
+    model: String,
+    context: GraphExecutionContext,
+}
+
+impl Session {
+    /// Runs the model on named inputs. Tensors are moved to the host, so an
+    /// output of an earlier run can be fed back without copying it.
+    pub fn run<N: Into<String>>(
+        &self,
+        inputs: impl IntoIterator<Item = (N, Tensor)>,
+    ) -> Result<Outputs, InferenceError> {
+        let inputs = inputs.into_iter().map(|(name, tensor)| (name.into(), tensor)).collect();
+        let outputs = self
+            .context
+            .compute(inputs)
+            .map_err(|e| InferenceError::from_host(&format!("running `{}`", self.model), e))?;
+        Ok(Outputs { model: self.model.clone(), tensors: outputs })
+    }
+}
+
+/// The named outputs of one run.
+pub struct Outputs {
+    model: String,
+    tensors: Vec<(String, Tensor)>,
+}
+
+impl Outputs {
+    /// The output called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor, InferenceError> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| self.missing(name))
+    }
+
+    /// Takes the output called `name`, e.g. to feed it into the next run.
+    pub fn take(&mut self, name: &str) -> Result<Tensor, InferenceError> {
+        let index = self.tensors.iter().position(|(n, _)| n == name).ok_or_else(|| self.missing(name))?;
+        Ok(self.tensors.swap_remove(index).1)
+    }
+
+    /// The output names, in the model's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn missing(&self, name: &str) -> InferenceError {
+        let names: Vec<&str> = self.names().collect();
+        InferenceError::local(format!("model `{}` has no output `{name}` (it has {names:?})", self.model))
+    }
+}
+
+/// A Rust type that is a `wasi:nn` tensor element.
+pub trait Element: Copy + sealed::Sealed {
+    /// The matching tensor type.
+    const TYPE: TensorType;
+    /// Bytes per element.
+    const SIZE: usize;
+    /// Appends the little-endian bytes of `self`.
+    fn put(self, out: &mut Vec<u8>);
+    /// Reads one element from exactly [`Self::SIZE`] little-endian bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! element {
+    ($ty:ty, $tensor_type:ident) => {
+        impl sealed::Sealed for $ty {}
+        impl Element for $ty {
+            const TYPE: TensorType = TensorType::$tensor_type;
+            const SIZE: usize = std::mem::size_of::<$ty>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(bytes: &[u8]) -> Self {
+                let mut raw = [0u8; std::mem::size_of::<$ty>()];
+                raw.copy_from_slice(bytes);
+                <$ty>::from_le_bytes(raw)
+            }
+        }
+    };
+}
+
+element!(f32, Fp32);
+element!(f64, Fp64);
+element!(u8, U8);
+element!(i32, I32);
+element!(i64, I64);
+
+impl Tensor {
+    /// A tensor of shape `dimensions` holding `data` in row-major order.
+    pub fn from_slice<T: Element>(dimensions: &[u32], data: &[T]) -> Tensor {
+        let mut bytes = Vec::with_capacity(data.len() * T::SIZE);
+        for &value in data {
+            value.put(&mut bytes);
+        }
+        Tensor::new(dimensions, T::TYPE, &bytes)
+    }
+
+    /// The elements, if the tensor holds `T`.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, InferenceError> {
+        let ty = self.ty();
+        if ty != T::TYPE {
+            return Err(InferenceError::local(format!(
+                "the tensor holds {ty:?}, not {:?}",
+                T::TYPE
+            )));
+        }
+        Ok(self.data().chunks_exact(T::SIZE).map(T::get).collect())
+    }
+}

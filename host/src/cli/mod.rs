@@ -1,0 +1,100 @@
+//! Command-line parsing, logging set-up, and exit codes. Each subcommand
+//! lives in its own module and reaches the runtime only through the library.
+
+mod demo;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the guest answered with a 2xx status
+  1  the guest answered with another status, refused the request, trapped,
+     or ran out of time or memory (the reason is on stderr)
+  2  the command line is wrong
+  3  mantle could not start: a file, model or module could not be loaded
+
+Logging: set MANTLE_LOG (e.g. MANTLE_LOG=debug); guest output is logged
+at info level, tagged with tenant and module.";
+
+#[derive(Parser)]
+#[command(
+    name = "mantle",
+    version,
+    about = "A WebAssembly edge inference runtime",
+    long_about = "A WebAssembly edge inference runtime.\n\n\
+        Tenants ship pre- and post-processing as sandboxed WebAssembly components \
+        (guests); mantle runs their ONNX models natively with tract and hands them to \
+        guests through wasi:nn. A guest reaches only the models it was granted, never \
+        the node's files, environment or network.",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+    Demo(demo::DemoArgs),
+}
+
+/// How a command failed, and so which exit code it ends with.
+pub(crate) enum Failure {
+    /// The guest ran but did not answer 2xx.
+    Guest(String),
+    /// mantle itself could not get going.
+    Setup(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure::Setup(error.into())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Guest(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Setup(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MANTLE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,mantle::guest=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Parses `KEY=VALUE` for repeated options.
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
+}

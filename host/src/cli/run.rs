@@ -1,0 +1,120 @@
+//! `mantle run`: one request through a guest, offline, from a file or stdin.
+
+use super::{Failure, key_value};
+use anyhow::Context;
+use clap::Args;
+use mantle::models::ModelRegistry;
+use mantle::runtime::{ModuleLimits, ModuleSpec, Request, Runtime, RuntimeConfig};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Run a guest module once, offline: the input is the request body, the
+/// response body is the output.
+#[derive(Args)]
+#[command(after_help = "Example:\n  mantle run image_classify.wasm \\\n    --model efficientnet-lite0=models/efficientnet-lite0/model.onnx \\\n    --input models/samples/chelsea.png")]
+pub struct RunArgs {
+    /// The guest component (a .wasm file built for wasm32-wasip2).
+    module: PathBuf,
+    /// Grant the guest a model: NAME=PATH.onnx. Repeat for several models.
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = key_value)]
+    models: Vec<(String, String)>,
+    /// The request body: a file, or - for stdin.
+    #[arg(long, short, value_name = "FILE|-", default_value = "-")]
+    input: String,
+    /// Where the response body goes: a file, or - for stdout.
+    #[arg(long, short, value_name = "FILE|-", default_value = "-")]
+    output: String,
+    /// A configuration value the guest reads with config-get: KEY=VALUE.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+    config: Vec<(String, String)>,
+    /// The request path the guest sees.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// The request method the guest sees.
+    #[arg(long, default_value = "POST")]
+    method: String,
+    /// A request header the guest sees: NAME=VALUE. Repeat for several.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = key_value)]
+    headers: Vec<(String, String)>,
+    /// The guest's memory limit, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = ModuleLimits::default().memory_bytes >> 20)]
+    memory_mib: usize,
+    /// The guest's deadline, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = ModuleLimits::default().deadline.as_millis() as u64)]
+    timeout_ms: u64,
+}
+
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let wasm = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read module {}", args.module.display()))?;
+    let mut registry = ModelRegistry::new();
+    let mut grants = BTreeMap::new();
+    for (name, path) in &args.models {
+        let model = registry.load(name, path.as_ref())?;
+        grants.insert(name.clone(), model);
+    }
+    let body = read_input(&args.input)?;
+    let memory_bytes = args
+        .memory_mib
+        .checked_mul(1 << 20)
+        .filter(|&b| b <= ModuleLimits::MAX_MEMORY_BYTES)
+        .with_context(|| format!("--memory-mib must be at most {}", ModuleLimits::MAX_MEMORY_BYTES >> 20))?;
+    let spec = ModuleSpec {
+        id: module_name(&args.module),
+        tenant: "local".to_owned(),
+        grants,
+        limits: ModuleLimits { memory_bytes, deadline: Duration::from_millis(args.timeout_ms) },
+        config: args.config.into_iter().collect(),
+    };
+
+    let runtime = Runtime::new(&RuntimeConfig { max_instances: 4, inference_threads: None })?;
+    let module = runtime
+        .load_module(spec, &wasm)
+        .with_context(|| format!("cannot load module {}", args.module.display()))?;
+    let request = Request {
+        method: args.method,
+        path: args.path,
+        query: String::new(),
+        headers: args.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v.into_bytes())).collect(),
+        body,
+    };
+    let request_id = format!("run-{}", std::process::id());
+    let response = runtime
+        .handle(&module, request, &request_id)
+        .await
+        .map_err(|e| Failure::Guest(format!("{e} (status {})", e.status())))?;
+    if !(200..300).contains(&response.status) {
+        return Err(Failure::Guest(format!(
+            "the guest answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        )));
+    }
+    write_output(&args.output, &response.body)?;
+    Ok(())
+}
+
+fn module_name(path: &std::path::Path) -> String {
+    path.file_stem().map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
+}
+
+fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
+    if input == "-" {
+        let mut body = Vec::new();
+        std::io::stdin().read_to_end(&mut body).context("cannot read the request body from stdin")?;
+        Ok(body)
+    } else {
+        std::fs::read(input).with_context(|| format!("cannot read input {input}"))
+    }
+}
+
+fn write_output(output: &str, body: &[u8]) -> anyhow::Result<()> {
+    if output == "-" {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(body).and_then(|()| stdout.flush()).context("cannot write the response to stdout")
+    } else {
+        std::fs::write(output, body).with_context(|| format!("cannot write output {output}"))
+    }
+}

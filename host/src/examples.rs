@@ -1,0 +1,77 @@
+//! The example guests bundled into the binary, and the models they use, so
+//! that a node can run the examples with no configuration at all.
+
+use crate::models::{LoadError, ModelRegistry};
+use crate::runtime::{ModuleLimits, ModuleSpec};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+mod wasm {
+    include!(concat!(env!("OUT_DIR"), "/example_guests.rs"));
+}
+
+/// A bundled example: a guest and the one model it is granted.
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    /// The module name, which is also the guest crate's name.
+    pub name: &'static str,
+    /// What the guest does, in a line.
+    pub summary: &'static str,
+    pub wasm: &'static [u8],
+    /// The model the guest loads by name.
+    pub model: &'static str,
+}
+
+/// The three example pipelines.
+pub const EXAMPLES: [Example; 3] = [
+    Example {
+        name: "image-classify",
+        summary: "PNG or JPEG photo -> top-5 ImageNet classes (EfficientNet-Lite0)",
+        wasm: wasm::IMAGE_CLASSIFY,
+        model: "efficientnet-lite0",
+    },
+    Example {
+        name: "text-embed",
+        summary: "UTF-8 text -> 384-dimensional sentence embedding (all-MiniLM-L6-v2)",
+        wasm: wasm::TEXT_EMBED,
+        model: "minilm-l6",
+    },
+    Example {
+        name: "speech-detect",
+        summary: "WAV recording -> speech segments (Silero VAD)",
+        wasm: wasm::SPEECH_DETECT,
+        model: "silero-vad",
+    },
+];
+
+/// The tenant the bundled examples run as.
+pub const DEMO_TENANT: &str = "demo";
+
+impl Example {
+    /// Where the example's model lives below a models directory laid out
+    /// as this repository's `models/`.
+    pub fn model_path(&self, models_dir: &Path) -> std::path::PathBuf {
+        models_dir.join(self.model).join("model.onnx")
+    }
+
+    /// The module spec for this example, granted its model from `registry`.
+    pub fn spec(&self, registry: &ModelRegistry) -> Option<ModuleSpec> {
+        let model = registry.get(self.model)?;
+        Some(ModuleSpec {
+            id: self.name.to_owned(),
+            tenant: DEMO_TENANT.to_owned(),
+            grants: BTreeMap::from([(self.model.to_owned(), model.clone())]),
+            limits: ModuleLimits::default(),
+            config: BTreeMap::new(),
+        })
+    }
+}
+
+/// Loads every example's model from `models_dir`.
+pub fn load_models(models_dir: &Path) -> Result<ModelRegistry, LoadError> {
+    let mut registry = ModelRegistry::new();
+    for example in &EXAMPLES {
+        registry.load(example.model, &example.model_path(models_dir))?;
+    }
+    Ok(registry)
+}

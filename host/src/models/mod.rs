@@ -1,0 +1,297 @@
+//! ONNX models executed natively by tract: loaded and optimized once, shared
+//! by every guest instance through `Arc`, and run on the inference pool.
+//!
+//! Nothing here knows about tenants, guests or HTTP: a [`Model`] takes named
+//! [`HostTensor`]s and returns named [`HostTensor`]s.
+
+mod pool;
+mod tensor;
+
+pub use pool::{InferencePool, PoolError};
+pub use tensor::{ElementType, HostTensor};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read model `{name}` from {}: {source}", path.display())]
+    Read { name: String, path: PathBuf, source: std::io::Error },
+    #[error("cannot load model `{name}` from {}: {message}", path.display())]
+    Parse { name: String, path: PathBuf, message: String },
+    #[error("model `{name}`: {message}")]
+    Unsupported { name: String, message: String },
+}
+
+/// Why a run did not produce outputs.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunError {
+    /// The inputs do not fit the model: names, types or shapes.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// tract failed while computing.
+    #[error("model `{model}` failed: {message}")]
+    Failed { model: String, message: String },
+}
+
+/// One dimension of a model input as the model declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(usize),
+    /// A named dimension (`batch`, `sequence`) bound by the caller's tensor.
+    Symbol(String),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A model input: its name, element type and declared shape.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub name: String,
+    pub element_type: ElementType,
+    pub shape: Vec<Dim>,
+}
+
+/// A loaded, optimized model, ready to run from any thread.
+pub struct Model {
+    name: String,
+    plan: Arc<TypedSimplePlan>,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<String>,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads the ONNX file at `path` and optimizes it for this machine.
+    /// This takes from milliseconds to seconds; do it once per model.
+    pub fn load(name: &str, path: &Path) -> Result<Model, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(name, &bytes).map_err(|e| match e {
+            LoadError::Parse { name, message, .. } => {
+                LoadError::Parse { name, path: path.to_owned(), message }
+            }
+            other => other,
+        })
+    }
+
+    /// Loads an ONNX model from its serialized bytes.
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Model, LoadError> {
+        let parse = |stage: &str, e: TractError| LoadError::Parse {
+            name: name.to_owned(),
+            path: PathBuf::new(),
+            message: format!("{stage}: {e:#}"),
+        };
+        let inference = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| parse("parsing ONNX", e))?;
+        let typed = inference.into_typed().map_err(|e| parse("analysing types", e))?;
+        let inputs = describe_inputs(name, &typed)?;
+        let outputs = typed
+            .output_outlets()
+            .map_err(|e| parse("listing outputs", e))?
+            .iter()
+            .map(|outlet| {
+                typed
+                    .outlet_label(*outlet)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| typed.node(outlet.node).name.clone())
+            })
+            .collect();
+        let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
+        let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
+        Ok(Model { name: name.to_owned(), plan, inputs, outputs })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Checks names, types and shapes of `inputs` against the model, so that
+    /// a mistake is reported by input name before any work is done.
+    pub fn check_inputs(&self, inputs: &[(String, HostTensor)]) -> Result<(), RunError> {
+        let invalid = |message: String| Err(RunError::InvalidInput(message));
+        for (name, _) in inputs {
+            if !self.inputs.iter().any(|spec| &spec.name == name) {
+                return invalid(format!(
+                    "model `{}` has no input `{name}`; its inputs are {}",
+                    self.name,
+                    self.input_names()
+                ));
+            }
+        }
+        let mut bound: HashMap<&str, usize> = HashMap::new();
+        for spec in &self.inputs {
+            let mut given = inputs.iter().filter(|(name, _)| name == &spec.name);
+            let Some((_, tensor)) = given.next() else {
+                return invalid(format!(
+                    "input `{}` of model `{}` is missing; its inputs are {}",
+                    spec.name,
+                    self.name,
+                    self.input_names()
+                ));
+            };
+            if given.next().is_some() {
+                return invalid(format!("input `{}` is given more than once", spec.name));
+            }
+            if tensor.element_type != spec.element_type {
+                return invalid(format!(
+                    "input `{}` must be {}, not {}",
+                    spec.name, spec.element_type, tensor.element_type
+                ));
+            }
+            tensor.check_data_len().map_err(|m| {
+                RunError::InvalidInput(format!("input `{}`: {m}", spec.name))
+            })?;
+            let expected = || {
+                let dims: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
+                format!("[{}]", dims.join(", "))
+            };
+            if tensor.shape.len() != spec.shape.len() {
+                return invalid(format!(
+                    "input `{}` must have shape {}, not {:?}",
+                    spec.name,
+                    expected(),
+                    tensor.shape
+                ));
+            }
+            for (dim, &size) in spec.shape.iter().zip(&tensor.shape) {
+                let fits = match dim {
+                    Dim::Fixed(n) => *n == size,
+                    Dim::Symbol(symbol) => *bound.entry(symbol).or_insert(size) == size,
+                };
+                if !fits {
+                    return invalid(format!(
+                        "input `{}` must have shape {}, not {:?}{}",
+                        spec.name,
+                        expected(),
+                        tensor.shape,
+                        match dim {
+                            Dim::Symbol(s) => format!(" (`{s}` is {} in another input)", bound[s.as_str()]),
+                            Dim::Fixed(_) => String::new(),
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model. Blocks for the duration of the inference: call it
+    /// through [`InferencePool::run`], never on an async executor thread.
+    pub fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, RunError> {
+        self.check_inputs(&inputs)?;
+        let mut by_name: HashMap<String, HostTensor> = inputs.into_iter().collect();
+        let mut ordered: TVec<TValue> = TVec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            // check_inputs guarantees presence.
+            let Some(tensor) = by_name.remove(&spec.name) else {
+                return Err(RunError::InvalidInput(format!("input `{}` is missing", spec.name)));
+            };
+            ordered.push(tensor.into_tract().map_err(RunError::InvalidInput)?.into_tvalue());
+        }
+        let failed = |message: String| RunError::Failed { model: self.name.clone(), message };
+        let outputs = self.plan.run(ordered).map_err(|e| failed(format!("{e:#}")))?;
+        self.outputs
+            .iter()
+            .zip(outputs)
+            .map(|(name, value)| {
+                HostTensor::from_tract(&value)
+                    .map(|tensor| (name.clone(), tensor))
+                    .map_err(|m| failed(format!("output `{name}`: {m}")))
+            })
+            .collect()
+    }
+
+    fn input_names(&self) -> String {
+        let names: Vec<String> = self.inputs.iter().map(|s| format!("`{}`", s.name)).collect();
+        names.join(", ")
+    }
+}
+
+fn describe_inputs(name: &str, model: &TypedModel) -> Result<Vec<InputSpec>, LoadError> {
+    let unsupported = |message: String| LoadError::Unsupported { name: name.to_owned(), message };
+    model
+        .input_outlets()
+        .map_err(|e| unsupported(format!("{e:#}")))?
+        .iter()
+        .map(|outlet| {
+            let input_name = model.node(outlet.node).name.clone();
+            let fact = model.outlet_fact(*outlet).map_err(|e| unsupported(format!("{e:#}")))?;
+            let element_type = ElementType::from_datum_type(fact.datum_type).ok_or_else(|| {
+                unsupported(format!(
+                    "input `{input_name}` has element type {:?}, which wasi:nn cannot carry",
+                    fact.datum_type
+                ))
+            })?;
+            let shape = fact
+                .shape
+                .iter()
+                .map(|dim| match dim.to_i64().ok().and_then(|n| usize::try_from(n).ok()).ok_or(()) {
+                    Ok(n) => Dim::Fixed(n),
+                    Err(_) => Dim::Symbol(dim.to_string()),
+                })
+                .collect();
+            Ok(InputSpec { name: input_name, element_type, shape })
+        })
+        .collect()
+}
+
+/// Models loaded on this node, by name. Each file is loaded once; every
+/// module granted a model shares the same `Arc`.
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    models: HashMap<String, Arc<Model>>,
+}
+
+impl ModelRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads `path` as model `name`, replacing any model of that name.
+    pub fn load(&mut self, name: &str, path: &Path) -> Result<Arc<Model>, LoadError> {
+        let model = Arc::new(Model::load(name, path)?);
+        self.models.insert(name.to_owned(), Arc::clone(&model));
+        Ok(model)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,120 @@
+//! Tensors as the host passes them around (element type, shape, raw
+//! little-endian bytes), and their conversion to and from tract's.
+
+use std::fmt;
+use tract_onnx::prelude::{DatumType, Tensor};
+
+// The raw bytes are little-endian on the wire (wasi:nn) and in memory here.
+#[cfg(target_endian = "big")]
+compile_error!("mantle passes tensor bytes through unchanged and needs a little-endian host");
+
+/// The element types a tensor can hold on its way through the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElementType {
+    F16,
+    F32,
+    F64,
+    U8,
+    I32,
+    I64,
+}
+
+impl ElementType {
+    pub fn size(self) -> usize {
+        match self {
+            ElementType::U8 => 1,
+            ElementType::F16 => 2,
+            ElementType::F32 | ElementType::I32 => 4,
+            ElementType::F64 | ElementType::I64 => 8,
+        }
+    }
+
+    fn datum_type(self) -> DatumType {
+        match self {
+            ElementType::F16 => DatumType::F16,
+            ElementType::F32 => DatumType::F32,
+            ElementType::F64 => DatumType::F64,
+            ElementType::U8 => DatumType::U8,
+            ElementType::I32 => DatumType::I32,
+            ElementType::I64 => DatumType::I64,
+        }
+    }
+
+    pub(crate) fn from_datum_type(datum_type: DatumType) -> Option<Self> {
+        Some(match datum_type {
+            DatumType::F16 => ElementType::F16,
+            DatumType::F32 => ElementType::F32,
+            DatumType::F64 => ElementType::F64,
+            DatumType::U8 | DatumType::Bool => ElementType::U8,
+            DatumType::I32 => ElementType::I32,
+            DatumType::I64 => ElementType::I64,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ElementType::F16 => "FP16",
+            ElementType::F32 => "FP32",
+            ElementType::F64 => "FP64",
+            ElementType::U8 => "U8",
+            ElementType::I32 => "I32",
+            ElementType::I64 => "I64",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A dense row-major tensor of little-endian elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub element_type: ElementType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl HostTensor {
+    /// The byte length the shape calls for, or a message if it overflows.
+    pub fn expected_len(element_type: ElementType, shape: &[usize]) -> Result<usize, String> {
+        shape
+            .iter()
+            .try_fold(element_type.size(), |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| format!("shape {shape:?} of {element_type} is too large"))
+    }
+
+    /// Checks that the data holds exactly the elements the shape calls for.
+    pub fn check_data_len(&self) -> Result<(), String> {
+        let expected = Self::expected_len(self.element_type, &self.shape)?;
+        if expected != self.data.len() {
+            return Err(format!(
+                "shape {:?} of {} needs {expected} bytes of data, but {} were given",
+                self.shape,
+                self.element_type,
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn into_tract(self) -> Result<Tensor, String> {
+        self.check_data_len()?;
+        // SAFETY: every element type here is plain numeric data for which
+        // any bit pattern is a valid value, and the length was checked above
+        // (tract checks it again before copying).
+        unsafe { Tensor::from_raw_dt(self.element_type.datum_type(), &self.shape, &self.data) }
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    pub(crate) fn from_tract(tensor: &Tensor) -> Result<HostTensor, String> {
+        let element_type = ElementType::from_datum_type(tensor.datum_type()).ok_or_else(|| {
+            format!("element type {:?} cannot be returned through wasi:nn", tensor.datum_type())
+        })?;
+        Ok(HostTensor {
+            element_type,
+            shape: tensor.shape().to_vec(),
+            data: tensor.as_bytes().to_vec(),
+        })
+    }
+}

@@ -1,0 +1,296 @@
+//! The host side of `wasi:nn`: tensors, graphs and execution contexts as
+//! resources in the request's table, grant checks on `load-by-name`, and
+//! computation handed to the inference pool.
+//!
+//! A guest never names a file and never reaches a model it was not granted.
+
+use crate::models::{ElementType, HostTensor, InferencePool, Model, RunError};
+use crate::runtime::bindings::wasi::nn::errors::{self, ErrorCode};
+use crate::runtime::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
+use crate::runtime::bindings::wasi::nn::inference::{self, NamedTensor};
+use crate::runtime::bindings::wasi::nn::tensor::{self, TensorType};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+/// Longest model name a guest may ask for.
+const MAX_NAME_LEN: usize = 256;
+
+/// The models a module may load, by the name the guest uses.
+#[derive(Debug, Default)]
+pub struct Grants {
+    models: BTreeMap<String, Arc<Model>>,
+}
+
+impl Grants {
+    pub fn new(models: BTreeMap<String, Arc<Model>>) -> Self {
+        Grants { models }
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.get(name)
+    }
+}
+
+/// A tensor resource, as the guest built it or a model returned it.
+pub struct NnTensor {
+    dimensions: Vec<u32>,
+    ty: TensorType,
+    data: Vec<u8>,
+}
+
+/// A graph resource: a granted model.
+pub struct NnGraph {
+    model: Arc<Model>,
+}
+
+/// An execution-context resource on a granted model.
+pub struct NnSession {
+    model: Arc<Model>,
+}
+
+/// An error resource: a `wasi:nn` code and a message for the guest.
+#[derive(Debug)]
+pub struct NnError {
+    code: ErrorCode,
+    message: String,
+}
+
+/// Per-request `wasi:nn` state.
+pub(crate) struct NnCtx {
+    grants: Arc<Grants>,
+    pool: Arc<InferencePool>,
+    /// Time spent in model computations during this request.
+    pub(crate) inference_time: Duration,
+}
+
+impl NnCtx {
+    pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>) -> Self {
+        NnCtx { grants, pool, inference_time: Duration::ZERO }
+    }
+}
+
+/// The borrow of the store that the `wasi:nn` host functions work on.
+pub(crate) struct NnView<'a> {
+    ctx: &'a mut NnCtx,
+    table: &'a mut ResourceTable,
+}
+
+impl<'a> NnView<'a> {
+    pub(crate) fn new(ctx: &'a mut NnCtx, table: &'a mut ResourceTable) -> Self {
+        NnView { ctx, table }
+    }
+
+    /// Puts `error` in the table for the guest to inspect.
+    fn fail<T>(&mut self, code: ErrorCode, message: String) -> wasmtime::Result<Result<T, Resource<NnError>>> {
+        tracing::debug!(?code, %message, "wasi:nn call refused");
+        Ok(Err(self.table.push(NnError { code, message })?))
+    }
+}
+
+struct HasNn;
+
+impl HasData for HasNn {
+    type Data<'a> = NnView<'a>;
+}
+
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NnView<'_>,
+) -> wasmtime::Result<()> {
+    tensor::add_to_linker::<_, HasNn>(linker, view)?;
+    graph::add_to_linker::<_, HasNn>(linker, view)?;
+    inference::add_to_linker::<_, HasNn>(linker, view)?;
+    errors::add_to_linker::<_, HasNn>(linker, view)?;
+    Ok(())
+}
+
+impl graph::Host for NnView<'_> {
+    fn load(
+        &mut self,
+        _builder: Vec<Vec<u8>>,
+        _encoding: GraphEncoding,
+        _target: ExecutionTarget,
+    ) -> wasmtime::Result<Result<Resource<NnGraph>, Resource<NnError>>> {
+        self.fail(
+            ErrorCode::Security,
+            "loading a model from bytes is not allowed: use load-by-name with a granted model".to_owned(),
+        )
+    }
+
+    fn load_by_name(&mut self, name: String) -> wasmtime::Result<Result<Resource<NnGraph>, Resource<NnError>>> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+            let shown: String = name.chars().take(64).collect();
+            return self.fail(
+                ErrorCode::InvalidArgument,
+                format!("`{shown}` is not a model name (1 to {MAX_NAME_LEN} printable characters)"),
+            );
+        }
+        match self.ctx.grants.get(&name) {
+            Some(model) => {
+                let model = Arc::clone(model);
+                Ok(Ok(self.table.push(NnGraph { model })?))
+            }
+            // The same answer whether or not the model exists elsewhere on
+            // the node: a guest learns nothing about other tenants' models.
+            None => self.fail(ErrorCode::Security, format!("model `{name}` is not granted to this module")),
+        }
+    }
+}
+
+impl graph::HostGraph for NnView<'_> {
+    fn init_execution_context(
+        &mut self,
+        graph: Resource<NnGraph>,
+    ) -> wasmtime::Result<Result<Resource<NnSession>, Resource<NnError>>> {
+        let model = Arc::clone(&self.table.get(&graph)?.model);
+        Ok(Ok(self.table.push(NnSession { model })?))
+    }
+
+    fn drop(&mut self, graph: Resource<NnGraph>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for NnView<'_> {}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        session: Resource<NnSession>,
+        inputs: Vec<NamedTensor>,
+    ) -> wasmtime::Result<Result<Vec<NamedTensor>, Resource<NnError>>> {
+        let model = Arc::clone(&self.table.get(&session)?.model);
+        let mut host_inputs = Vec::with_capacity(inputs.len());
+        for (name, tensor) in inputs {
+            let tensor = self.table.delete(tensor)?;
+            match to_host(tensor) {
+                Ok(tensor) => host_inputs.push((name, tensor)),
+                Err((code, message)) => return self.fail(code, format!("input `{name}`: {message}")),
+            }
+        }
+        // Checked here, before the pool, so that a bad input costs nothing.
+        if let Err(RunError::InvalidInput(message)) = model.check_inputs(&host_inputs) {
+            return self.fail(ErrorCode::InvalidArgument, message);
+        }
+
+        let started = Instant::now();
+        let job_model = Arc::clone(&model);
+        let outcome = self.ctx.pool.run(move || job_model.run(host_inputs)).await;
+        self.ctx.inference_time += started.elapsed();
+        let outputs = match outcome {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(RunError::InvalidInput(message))) => return self.fail(ErrorCode::InvalidArgument, message),
+            Ok(Err(failed @ RunError::Failed { .. })) => {
+                return self.fail(ErrorCode::RuntimeError, failed.to_string());
+            }
+            Err(pool_error) => {
+                tracing::error!(model = model.name(), "inference failed: {pool_error}");
+                return self.fail(ErrorCode::RuntimeError, format!("model `{}` failed", model.name()));
+            }
+        };
+        let mut named = Vec::with_capacity(outputs.len());
+        for (name, tensor) in outputs {
+            let tensor = match from_host(tensor) {
+                Ok(tensor) => tensor,
+                Err(message) => return self.fail(ErrorCode::UnsupportedOperation, format!("output `{name}`: {message}")),
+            };
+            named.push((name, self.table.push(tensor)?));
+        }
+        Ok(Ok(named))
+    }
+
+    fn drop(&mut self, session: Resource<NnSession>) -> wasmtime::Result<()> {
+        self.table.delete(session)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for NnView<'_> {}
+
+impl tensor::HostTensor for NnView<'_> {
+    fn new(&mut self, dimensions: Vec<u32>, ty: TensorType, data: Vec<u8>) -> wasmtime::Result<Resource<NnTensor>> {
+        // The data is already a copy in host memory, bounded by the guest's
+        // own memory. Shape and length are checked when the tensor is used,
+        // where an error can be returned.
+        Ok(self.table.push(NnTensor { dimensions, ty, data })?)
+    }
+
+    fn dimensions(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&tensor)?.dimensions.clone())
+    }
+
+    fn ty(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<TensorType> {
+        Ok(self.table.get(&tensor)?.ty)
+    }
+
+    fn data(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&tensor)?.data.clone())
+    }
+
+    fn drop(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<()> {
+        self.table.delete(tensor)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for NnView<'_> {}
+
+impl errors::HostError for NnView<'_> {
+    fn code(&mut self, error: Resource<NnError>) -> wasmtime::Result<ErrorCode> {
+        Ok(self.table.get(&error)?.code)
+    }
+
+    fn data(&mut self, error: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&error)?.message.clone())
+    }
+
+    fn drop(&mut self, error: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table.delete(error)?;
+        Ok(())
+    }
+}
+
+fn element_type(ty: TensorType) -> Result<ElementType, (ErrorCode, String)> {
+    Ok(match ty {
+        TensorType::Fp16 => ElementType::F16,
+        TensorType::Fp32 => ElementType::F32,
+        TensorType::Fp64 => ElementType::F64,
+        TensorType::U8 => ElementType::U8,
+        TensorType::I32 => ElementType::I32,
+        TensorType::I64 => ElementType::I64,
+        TensorType::Bf16 => {
+            return Err((ErrorCode::UnsupportedOperation, "BF16 tensors are not supported".to_owned()));
+        }
+    })
+}
+
+fn tensor_type(element_type: ElementType) -> TensorType {
+    match element_type {
+        ElementType::F16 => TensorType::Fp16,
+        ElementType::F32 => TensorType::Fp32,
+        ElementType::F64 => TensorType::Fp64,
+        ElementType::U8 => TensorType::U8,
+        ElementType::I32 => TensorType::I32,
+        ElementType::I64 => TensorType::I64,
+    }
+}
+
+fn to_host(tensor: NnTensor) -> Result<HostTensor, (ErrorCode, String)> {
+    let element_type = element_type(tensor.ty)?;
+    let shape: Vec<usize> = tensor.dimensions.iter().map(|&d| d as usize).collect();
+    let host = HostTensor { element_type, shape, data: tensor.data };
+    host.check_data_len().map_err(|m| (ErrorCode::InvalidArgument, m))?;
+    Ok(host)
+}
+
+fn from_host(tensor: HostTensor) -> Result<NnTensor, String> {
+    let dimensions = tensor
+        .shape
+        .iter()
+        .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d} does not fit wasi:nn's u32")))
+        .collect::<Result<_, _>>()?;
+    Ok(NnTensor { dimensions, ty: tensor_type(tensor.element_type), data: tensor.data })
+}

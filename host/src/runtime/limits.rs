@@ -1,0 +1,69 @@
+//! Per-module resource limits and the store limiter that enforces the
+//! memory cap.
+
+use std::time::Duration;
+use wasmtime::ResourceLimiter;
+
+/// What one request of a module may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleLimits {
+    /// Maximum linear memory of the guest instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock time for one request, from instantiation to the response.
+    pub deadline: Duration,
+}
+
+impl ModuleLimits {
+    /// Ceiling for any module's memory: the pooling allocator reserves
+    /// address space for this much per instance.
+    pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+}
+
+impl Default for ModuleLimits {
+    fn default() -> Self {
+        ModuleLimits { memory_bytes: 256 << 20, deadline: Duration::from_secs(10) }
+    }
+}
+
+/// Enforces [`ModuleLimits::memory_bytes`] and remembers whether the guest
+/// ran into it, so that the trap that follows can be reported as such.
+pub(crate) struct GuestLimiter {
+    memory_bytes: usize,
+    pub(crate) refused_growth: Option<usize>,
+}
+
+/// More tables than a Rust guest ever needs, and bounded so that a guest
+/// cannot grow host memory through them.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl GuestLimiter {
+    pub(crate) fn new(memory_bytes: usize) -> Self {
+        GuestLimiter { memory_bytes, refused_growth: None }
+    }
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            // Refusing lets `memory.grow` return -1 as the spec says; a Rust
+            // guest then aborts on its failed allocation.
+            self.refused_growth = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

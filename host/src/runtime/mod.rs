@@ -1,0 +1,292 @@
+//! The guest runtime: one wasmtime engine, modules compiled and
+//! pre-instantiated once, and a fresh, limited store and instance for every
+//! request, so that nothing leaks between requests or tenants.
+
+pub(crate) mod bindings;
+mod guest_log;
+mod limits;
+mod state;
+
+pub use bindings::mantle::edge::types::{Error as GuestError, Request, Response};
+pub use limits::ModuleLimits;
+
+use crate::models::{InferencePool, Model, PoolError};
+use crate::nn::{Grants, NnCtx};
+use bindings::{Guest, GuestPre};
+use guest_log::{GuestLog, LogTags};
+use limits::GuestLimiter;
+use state::GuestState;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// How often the epoch advances; deadlines are measured in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Node-wide settings of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Guest instances that can be live at once, across all modules.
+    pub max_instances: u32,
+    /// Threads that run models; `None` means one per core.
+    pub inference_threads: Option<usize>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { max_instances: 256, inference_threads: None }
+    }
+}
+
+/// Why the runtime or a module could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("module `{module}` is not a valid WebAssembly component: {message}")]
+    Compile { module: String, message: String },
+    #[error("module `{module}` does not fit the mantle:edge/guest world: {message}")]
+    World { module: String, message: String },
+    #[error("module `{module}` is granted model `{model}`, which the node does not have")]
+    UnknownModel { module: String, model: String },
+}
+
+/// Why a request did not produce a guest response.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The guest returned its `error` case: the request was refused or the
+    /// guest failed in a way it could describe.
+    #[error("{}", guest_error_message(.0))]
+    Guest(GuestError),
+    #[error("the guest did not answer within its deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("the guest tried to grow its memory to {wanted} bytes, past its limit of {limit} bytes")]
+    MemoryLimit { limit: usize, wanted: usize },
+    /// The guest crashed. The message has the trap and guest backtrace: log
+    /// it, but do not send it to clients.
+    #[error("the guest trapped: {0}")]
+    Trap(String),
+    #[error("cannot start the guest: {0}")]
+    Instantiate(String),
+}
+
+fn guest_error_message(error: &GuestError) -> &str {
+    match error {
+        GuestError::InvalidInput(m) | GuestError::UnsupportedMediaType(m) | GuestError::Internal(m) => m,
+    }
+}
+
+impl HandleError {
+    /// The HTTP status this outcome maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            HandleError::Guest(GuestError::InvalidInput(_)) => 400,
+            HandleError::Guest(GuestError::UnsupportedMediaType(_)) => 415,
+            HandleError::Guest(GuestError::Internal(_)) => 500,
+            HandleError::Deadline(_) => 504,
+            HandleError::MemoryLimit { .. } | HandleError::Trap(_) => 500,
+            HandleError::Instantiate(_) => 503,
+        }
+    }
+}
+
+/// What a module is and may do: set by the operator.
+#[derive(Debug, Clone)]
+pub struct ModuleSpec {
+    /// The module's name, unique within its tenant.
+    pub id: String,
+    pub tenant: String,
+    /// Models the module may load, by the name the guest uses.
+    pub grants: BTreeMap<String, Arc<Model>>,
+    pub limits: ModuleLimits,
+    /// Values the guest reads through `context.config-get`.
+    pub config: BTreeMap<String, String>,
+}
+
+/// A compiled, pre-instantiated module, ready to serve requests.
+pub struct GuestModule {
+    spec: ModuleSpec,
+    tenant: Arc<str>,
+    id: Arc<str>,
+    grants: Arc<Grants>,
+    config: Arc<BTreeMap<String, String>>,
+    pre: GuestPre<GuestState>,
+}
+
+impl GuestModule {
+    pub fn spec(&self) -> &ModuleSpec {
+        &self.spec
+    }
+}
+
+/// The engine, the linker and the inference pool, shared by all modules.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    pool: Arc<InferencePool>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: &RuntimeConfig) -> Result<Runtime, SetupError> {
+        let engine = Engine::new(&engine_config(config))
+            .map_err(|e| SetupError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        let link = |e: wasmtime::Error| SetupError::Engine(format!("{e:#}"));
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        crate::nn::add_to_linker(&mut linker, |state: &mut GuestState| {
+            crate::nn::NnView::new(&mut state.nn, &mut state.table)
+        })
+        .map_err(link)?;
+        bindings::mantle::edge::context::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(link)?;
+
+        let ticking = Arc::new(AtomicBool::new(true));
+        spawn_epoch_ticker(engine.clone(), Arc::clone(&ticking))?;
+        let pool = Arc::new(InferencePool::new(config.inference_threads)?);
+        Ok(Runtime { engine, linker, pool, ticking })
+    }
+
+    /// Compiles `wasm` and checks it against the world. Compiling takes
+    /// from milliseconds to seconds: do it once per module, not per request.
+    pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
+        let module = spec.id.clone();
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| SetupError::Compile { module: module.clone(), message: format!("{e:#}") })?;
+        let world = |e: wasmtime::Error| SetupError::World { module: module.clone(), message: format!("{e:#}") };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
+        let pre = GuestPre::new(instance_pre).map_err(world)?;
+        Ok(GuestModule {
+            tenant: Arc::from(spec.tenant.as_str()),
+            id: Arc::from(spec.id.as_str()),
+            grants: Arc::new(Grants::new(spec.grants.clone())),
+            config: Arc::new(spec.config.clone()),
+            spec,
+            pre,
+        })
+    }
+
+    /// Runs one request through a fresh instance of `module`.
+    pub async fn handle(
+        &self,
+        module: &GuestModule,
+        request: Request,
+        request_id: &str,
+    ) -> Result<Response, HandleError> {
+        let limits = module.spec.limits;
+        let tags = LogTags {
+            tenant: Arc::clone(&module.tenant),
+            module: Arc::clone(&module.id),
+            request_id: Arc::from(request_id),
+        };
+        let mut store = self.new_store(module, tags, &limits);
+        let started = Instant::now();
+        let run = async {
+            let guest: Guest = module
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| HandleError::Instantiate(format!("{e:#}")))?;
+            let outcome = guest.mantle_edge_handler().call_handle(&mut store, &request).await;
+            Ok::<_, HandleError>(outcome)
+        };
+        // The epoch deadline stops a guest that computes; this timeout also
+        // stops one that waits on the host (sleeping, or a long inference).
+        let outcome = match tokio::time::timeout(limits.deadline + EPOCH_TICK * 2, run).await {
+            Err(_elapsed) => return Err(HandleError::Deadline(limits.deadline)),
+            Ok(result) => result?,
+        };
+        match outcome {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(guest_error)) => Err(HandleError::Guest(guest_error)),
+            Err(trap) => Err(classify_trap(&trap, store.data(), &limits, started.elapsed())),
+        }
+    }
+
+    fn new_store(&self, module: &GuestModule, tags: LogTags, limits: &ModuleLimits) -> Store<GuestState> {
+        // Deny by default: no preopened directories, environment, arguments
+        // or network; clocks and randomness are the host's.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestLog::new(tags.clone(), "stdout"))
+            .stderr(GuestLog::new(tags.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            nn: NnCtx::new(Arc::clone(&module.grants), Arc::clone(&self.pool)),
+            limiter: GuestLimiter::new(limits.memory_bytes.min(ModuleLimits::MAX_MEMORY_BYTES)),
+            tags,
+            config: Arc::clone(&module.config),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = limits.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let instances = config.max_instances.max(1);
+    let mut pooling = PoolingAllocationConfig::new();
+    // A Rust wasip2 component instantiates a handful of core modules (the
+    // program plus small adapter shims), with one memory and a few tables.
+    pooling
+        .total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(8))
+        .total_stacks(instances)
+        .max_memory_size(ModuleLimits::MAX_MEMORY_BYTES);
+    let mut engine = Config::new();
+    engine
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    engine
+}
+
+fn spawn_epoch_ticker(engine: Engine, ticking: Arc<AtomicBool>) -> Result<(), SetupError> {
+    std::thread::Builder::new()
+        .name("mantle-epoch".to_owned())
+        .spawn(move || {
+            while ticking.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+        .map_err(|e| SetupError::Engine(format!("cannot start the epoch thread: {e}")))
+}
+
+fn classify_trap(
+    error: &wasmtime::Error,
+    state: &GuestState,
+    limits: &ModuleLimits,
+    elapsed: Duration,
+) -> HandleError {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return HandleError::Deadline(limits.deadline);
+    }
+    if let Some(wanted) = state.limiter.refused_growth {
+        return HandleError::MemoryLimit { limit: limits.memory_bytes, wanted };
+    }
+    HandleError::Trap(format!("{error:?} (after {elapsed:?})"))
+}

@@ -1,0 +1,167 @@
+//! Fixtures shared by the integration tests: the test-program guests built
+//! by `build.rs`, the repository's real models and samples, and one runtime
+//! with the example modules compiled once for every test.
+
+use mantle::examples::{self, EXAMPLES};
+use mantle::models::ModelRegistry;
+use mantle::runtime::{GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, Runtime, RuntimeConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Paths of the test-program components, one constant per guest in
+/// `guest/test-programs/`.
+pub mod programs {
+    include!(concat!(env!("OUT_DIR"), "/test_programs.rs"));
+}
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository")
+}
+
+pub fn models_dir() -> PathBuf {
+    repo_root().join("models")
+}
+
+/// A sample input from `models/samples/`.
+pub fn sample(name: &str) -> Vec<u8> {
+    let path = models_dir().join("samples").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read sample {}: {e}", path.display()))
+}
+
+/// A `POST /` request with `body`.
+pub fn post(body: impl Into<Vec<u8>>) -> Request {
+    Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body: body.into() }
+}
+
+/// One runtime and the example models, shared by all tests of the process.
+pub struct Node {
+    pub runtime: Runtime,
+    pub models: ModelRegistry,
+    examples: Vec<GuestModule>,
+}
+
+pub fn node() -> &'static Node {
+    static NODE: OnceLock<Node> = OnceLock::new();
+    NODE.get_or_init(|| {
+        let models = examples::load_models(&models_dir()).expect("the example models load");
+        let runtime = Runtime::new(&RuntimeConfig::default()).expect("the runtime starts");
+        let examples = EXAMPLES
+            .iter()
+            .map(|example| {
+                let spec = example.spec(&models).expect("the example's model is loaded");
+                runtime.load_module(spec, example.wasm).expect("the example module loads")
+            })
+            .collect();
+        Node { runtime, models, examples }
+    })
+}
+
+impl Node {
+    /// The compiled example module `name` (`image-classify`, ...).
+    pub fn example(&self, name: &str) -> &GuestModule {
+        self.examples
+            .iter()
+            .find(|m| m.spec().id == name)
+            .unwrap_or_else(|| panic!("no example module {name}"))
+    }
+
+    /// Compiles a test program as module `id` of tenant `tenant`, granted
+    /// the named models.
+    pub fn program(&self, wasm_path: &str, tenant: &str, grants: &[&str], limits: ModuleLimits) -> GuestModule {
+        let wasm = std::fs::read(wasm_path).unwrap_or_else(|e| panic!("cannot read {wasm_path}: {e}"));
+        let grants = grants
+            .iter()
+            .map(|name| {
+                let model = self.models.get(name).unwrap_or_else(|| panic!("no model {name}"));
+                (name.to_string(), model.clone())
+            })
+            .collect();
+        let id = Path::new(wasm_path).file_stem().map_or("program".into(), |s| s.to_string_lossy().into_owned());
+        let spec = ModuleSpec {
+            id,
+            tenant: tenant.to_owned(),
+            grants,
+            limits,
+            config: BTreeMap::from([("greeting".to_owned(), "hello from the operator".to_owned())]),
+        };
+        self.runtime.load_module(spec, &wasm).expect("the test program loads")
+    }
+
+    pub async fn call(&self, module: &GuestModule, request: Request) -> Result<Response, HandleError> {
+        self.runtime.handle(module, request, "test-request").await
+    }
+
+    /// Calls `module` and parses its 200 answer as JSON.
+    pub async fn call_json(&self, module: &GuestModule, request: Request) -> serde_json::Value {
+        let response = self.call(module, request).await.unwrap_or_else(|e| panic!("{}: {e}", module.spec().id));
+        assert_eq!(response.status, 200, "body: {}", String::from_utf8_lossy(&response.body));
+        serde_json::from_slice(&response.body).expect("the answer is JSON")
+    }
+}
+
+/// The `mantle` binary of this build: `cargo test` at the workspace root
+/// builds it next to the test binaries.
+pub fn mantle_binary() -> PathBuf {
+    let test_exe = std::env::current_exe().expect("the test binary knows its path");
+    let profile_dir = test_exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let binary = profile_dir.join(format!("mantle{}", std::env::consts::EXE_SUFFIX));
+    assert!(binary.exists(), "no mantle binary at {}: run `cargo test` from the workspace root", binary.display());
+    binary
+}
+
+/// What a finished `mantle` process left behind.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Runs `mantle` with `args`, feeding `stdin`, and kills it if it has not
+/// finished within `limit`.
+pub fn run_mantle(args: &[&std::ffi::OsStr], stdin: &[u8], limit: std::time::Duration) -> Finished {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(mantle_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mantle starts");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        // The process may exit without reading all of it: not an error here.
+        let _ = input.write_all(&stdin);
+    });
+    let mut stdout_pipe = child.stdout.take().expect("piped stdout");
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout_pipe.read_to_end(&mut out);
+        out
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut err = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut err);
+        err
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for mantle") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("mantle {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = feeder.join();
+    Finished {
+        code: status.code(),
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned(),
+    }
+}

@@ -1,0 +1,101 @@
+//! The `mantle` command as a user runs it: exit codes, stdin and stdout,
+//! and the same bytes as the library gives.
+
+use mantle::examples::EXAMPLES;
+use mantle_tests::{Finished, models_dir, node, post, run_mantle, sample};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Writes the bundled example `name` to `dir` as a .wasm file.
+fn example_wasm(dir: &Path, name: &str) -> PathBuf {
+    let example = EXAMPLES.iter().find(|e| e.name == name).expect("a bundled example");
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::write(&path, example.wasm).expect("write the module");
+    path
+}
+
+fn grant(model: &str) -> String {
+    format!("{model}={}", models_dir().join(model).join("model.onnx").display())
+}
+
+fn run(args: &[&OsStr], stdin: &[u8]) -> Finished {
+    run_mantle(args, stdin, LIMIT)
+}
+
+#[tokio::test]
+async fn run_gives_the_same_bytes_as_the_library() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let module = example_wasm(dir.path(), "image-classify");
+    let input = models_dir().join("samples/chelsea.png");
+    let model = grant("efficientnet-lite0");
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--input"), input.as_os_str()], b"");
+    assert_eq!(cli.code, Some(0), "stderr: {}", cli.stderr);
+
+    let node = node();
+    let library = node.call(node.example("image-classify"), post(sample("chelsea.png"))).await.expect("answered");
+    assert_eq!(cli.stdout, library.body, "mantle run and the library answer the same bytes");
+}
+
+#[tokio::test]
+async fn run_reads_stdin_and_writes_a_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let module = example_wasm(dir.path(), "text-embed");
+    let output = dir.path().join("embedding.json");
+    let model = grant("minilm-l6");
+    let text = "A cat sits on the mat";
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--output"), output.as_os_str()], text.as_bytes());
+    assert_eq!(cli.code, Some(0), "stderr: {}", cli.stderr);
+    assert!(cli.stdout.is_empty());
+
+    let node = node();
+    let library = node.call(node.example("text-embed"), post(text.as_bytes().to_vec())).await.expect("answered");
+    assert_eq!(std::fs::read(&output).expect("the output file"), library.body);
+}
+
+#[test]
+fn a_refused_request_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let module = example_wasm(dir.path(), "image-classify");
+    let jpeg = sample("chelsea.jpg");
+    let model = grant("efficientnet-lite0");
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model)], &jpeg[..jpeg.len() / 2]);
+    assert_eq!(cli.code, Some(1), "stderr: {}", cli.stderr);
+    assert!(cli.stderr.contains("truncated"), "stderr: {}", cli.stderr);
+    assert!(cli.stdout.is_empty());
+}
+
+#[test]
+fn an_ungranted_model_is_a_guest_failure() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let module = example_wasm(dir.path(), "image-classify");
+    let model = format!("not-the-model={}", models_dir().join("efficientnet-lite0/model.onnx").display());
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model)], &sample("coffee.png"));
+    assert_eq!(cli.code, Some(1), "stderr: {}", cli.stderr);
+    assert!(cli.stderr.contains("not granted"), "stderr: {}", cli.stderr);
+}
+
+#[test]
+fn a_missing_module_is_a_setup_error() {
+    let cli = run(&[OsStr::new("run"), OsStr::new("/nonexistent/guest.wasm")], b"");
+    assert_eq!(cli.code, Some(3), "stderr: {}", cli.stderr);
+    assert!(cli.stderr.contains("/nonexistent/guest.wasm"), "stderr: {}", cli.stderr);
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let top = run(&[OsStr::new("--help")], b"");
+    assert_eq!(top.code, Some(0));
+    let text = String::from_utf8_lossy(&top.stdout);
+    for expected in ["run", "demo", "Exit codes"] {
+        assert!(text.contains(expected), "`mantle --help` mentions {expected}:\n{text}");
+    }
+    let sub = run(&[OsStr::new("run"), OsStr::new("--help")], b"");
+    assert_eq!(sub.code, Some(0));
+    let text = String::from_utf8_lossy(&sub.stdout);
+    for expected in ["--model", "--input", "--output", "NAME=PATH"] {
+        assert!(text.contains(expected), "`mantle run --help` mentions {expected}:\n{text}");
+    }
+}

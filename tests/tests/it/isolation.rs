@@ -1,0 +1,127 @@
+//! Hostile and curious guests: each is stopped or finds nothing, with a
+//! clear error, and the node keeps serving the next request.
+
+use mantle::runtime::{HandleError, ModuleLimits};
+use mantle_tests::{Node, node, post, programs};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// A well-behaved request after a hostile one still gets its answer.
+async fn next_request_succeeds(node: &Node) {
+    let echo = node.program(programs::ECHO, "neighbour", &[], ModuleLimits::default());
+    let answer = node.call_json(&echo, post(b"still here".to_vec())).await;
+    assert_eq!(answer["body_len"], 10);
+}
+
+#[tokio::test]
+async fn a_looping_guest_is_stopped_by_its_deadline() {
+    let node = node();
+    let deadline = Duration::from_millis(300);
+    let looping = node.program(programs::LOOP_FOREVER, "tenant-a", &[], ModuleLimits { deadline, ..Default::default() });
+    let started = Instant::now();
+    let error = node.call(&looping, post(Vec::new())).await.expect_err("a loop never answers");
+    assert!(matches!(error, HandleError::Deadline(d) if d == deadline), "{error:?}");
+    assert_eq!(error.status(), 504);
+    assert!(error.to_string().contains("deadline"), "{error}");
+    // Generous: this proves the call ended, not how fast.
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped after {:?}", started.elapsed());
+    next_request_succeeds(node).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_traps_at_its_cap() {
+    let node = node();
+    let cap = 32 << 20;
+    let bomb = node.program(programs::MEMORY_BOMB, "tenant-a", &[], ModuleLimits { memory_bytes: cap, ..Default::default() });
+    let error = node.call(&bomb, post(Vec::new())).await.expect_err("the bomb is stopped");
+    match &error {
+        HandleError::MemoryLimit { limit, wanted } => {
+            assert_eq!(*limit, cap);
+            assert!(*wanted > cap);
+        }
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
+    assert_eq!(error.status(), 500);
+    assert!(error.to_string().contains("memory"), "{error}");
+    next_request_succeeds(node).await;
+}
+
+async fn probe(node: &Node, path: &str, body: Vec<u8>) -> Value {
+    let prober = node.program(programs::NN_PROBE, "tenant-a", &["efficientnet-lite0"], ModuleLimits::default());
+    let mut request = post(body);
+    request.path = path.to_owned();
+    node.call_json(&prober, request).await
+}
+
+#[tokio::test]
+async fn only_granted_models_can_be_loaded() {
+    let node = node();
+    let granted = probe(node, "/load-by-name", b"efficientnet-lite0".to_vec()).await;
+    assert_eq!(granted["loaded"], true, "{granted}");
+
+    for name in ["minilm-l6", "silero-vad", "../minilm-l6/model.onnx", "/etc/passwd"] {
+        let refused = probe(node, "/load-by-name", name.as_bytes().to_vec()).await;
+        assert_eq!(refused["loaded"], false, "{name}: {refused}");
+        assert_eq!(refused["code"], "security", "{name}: {refused}");
+    }
+    let long_name = "m".repeat(10_000);
+    let refused = probe(node, "/load-by-name", long_name.into_bytes()).await;
+    assert_eq!(refused["code"], "invalid-argument", "{refused}");
+    next_request_succeeds(node).await;
+}
+
+#[tokio::test]
+async fn loading_raw_model_bytes_is_refused() {
+    let node = node();
+    let bytes = std::fs::read(mantle_tests::models_dir().join("silero-vad/model.onnx")).expect("a model file");
+    let refused = probe(node, "/load", bytes).await;
+    assert_eq!(refused["loaded"], false, "{refused}");
+    assert_eq!(refused["code"], "security", "{refused}");
+}
+
+#[tokio::test]
+async fn a_guest_finds_no_files_environment_or_arguments() {
+    let node = node();
+    let prober = node.program(programs::SANDBOX_PROBE, "tenant-a", &[], ModuleLimits::default());
+    let findings = node.call_json(&prober, post(Vec::new())).await;
+    for (path, outcome) in findings["reads"].as_array().expect("reads").iter().map(|r| (&r[0], &r[1])) {
+        assert!(outcome.as_str().is_some_and(|o| o.starts_with("error")), "{path} was readable: {outcome}");
+    }
+    for (path, outcome) in findings["listings"].as_array().expect("listings").iter().map(|r| (&r[0], &r[1])) {
+        assert!(outcome.as_str().is_some_and(|o| o.starts_with("error")), "{path} was listable: {outcome}");
+    }
+    assert_eq!(findings["env_vars"], 0, "{findings}");
+    assert_eq!(findings["args"], 0, "{findings}");
+    next_request_succeeds(node).await;
+}
+
+#[tokio::test]
+async fn a_guest_sees_its_request_and_context() {
+    let node = node();
+    let echo = node.program(programs::ECHO, "tenant-b", &[], ModuleLimits::default());
+    let mut request = post(b"12345".to_vec());
+    request.method = "PUT".into();
+    request.path = "/a/b".into();
+    request.query = "x=1".into();
+    request.headers = vec![("content-type".into(), b"text/plain".to_vec())];
+    let answer = node.call_json(&echo, request).await;
+    assert_eq!(answer["method"], "PUT");
+    assert_eq!(answer["path"], "/a/b");
+    assert_eq!(answer["query"], "x=1");
+    assert_eq!(answer["headers"][0], serde_json::json!(["content-type", "text/plain"]));
+    assert_eq!(answer["body_len"], 5);
+    assert_eq!(answer["tenant"], "tenant-b");
+    assert_eq!(answer["module"], "echo");
+    assert_eq!(answer["request_id"], "test-request");
+    assert_eq!(answer["greeting"], "hello from the operator");
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance() {
+    let node = node();
+    let echo = node.program(programs::ECHO, "tenant-c", &[], ModuleLimits::default());
+    for _ in 0..3 {
+        let answer = node.call_json(&echo, post(Vec::new())).await;
+        assert_eq!(answer["calls_in_this_instance"], 1, "state leaked between requests: {answer}");
+    }
+}

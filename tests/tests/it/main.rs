@@ -1,0 +1,8 @@
+//! mantle's integration tests: one binary, a module per area. Every test
+//! runs real components on real models.
+
+mod cli;
+mod image_classify;
+mod isolation;
+mod speech_detect;
+mod text_embed;

@@ -1,0 +1,59 @@
+//! The text-embed example against an onnxruntime reference.
+
+use mantle_tests::{node, post, repo_root};
+use serde_json::Value;
+
+async fn embed(text: &str) -> Vec<f64> {
+    let node = node();
+    let answer = node.call_json(node.example("text-embed"), post(text.as_bytes().to_vec())).await;
+    assert_eq!(answer["dim"], 384);
+    answer["embedding"].as_array().expect("an embedding").iter().map(|x| x.as_f64().expect("a number")).collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[tokio::test]
+async fn similar_sentences_are_closer() {
+    let cat = embed("A cat sits on the mat").await;
+    let kitten = embed("A kitten is resting on a rug").await;
+    let revenue = embed("Quarterly revenue grew by 4%").await;
+    let (near, far) = (cosine(&cat, &kitten), cosine(&cat, &revenue));
+    assert!(near > far, "cat~kitten {near} should beat cat~revenue {far}");
+}
+
+#[tokio::test]
+async fn embeddings_are_unit_length() {
+    let vector = embed("Edge nodes run models close to the data.").await;
+    assert_eq!(vector.len(), 384);
+    let norm = vector.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() <= 1e-4, "norm {norm}");
+}
+
+#[tokio::test]
+async fn embeddings_match_the_onnxruntime_reference() {
+    let path = repo_root().join("tests/data/text_embed_reference.json");
+    let reference: Value = serde_json::from_slice(&std::fs::read(&path).expect("the reference is committed")).expect("JSON");
+    let references = reference["references"].as_array().expect("references");
+    assert!(references.len() >= 3);
+    for case in references {
+        let text = case["text"].as_str().expect("text");
+        let expected: Vec<f64> = case["embedding"].as_array().expect("embedding").iter().filter_map(Value::as_f64).collect();
+        let actual = embed(text).await;
+        let worst = actual.iter().zip(&expected).map(|(a, e)| (a - e).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-3, "{text:?}: largest difference {worst}");
+    }
+}
+
+#[tokio::test]
+async fn empty_or_invalid_text_is_refused() {
+    let node = node();
+    let error = node.call(node.example("text-embed"), post(Vec::new())).await.expect_err("refused");
+    assert_eq!(error.status(), 400, "{error}");
+    let error = node.call(node.example("text-embed"), post(vec![0xff, 0xfe, 0x00])).await.expect_err("refused");
+    assert_eq!(error.status(), 400, "{error}");
+    assert!(error.to_string().contains("UTF-8"), "{error}");
+}
