@@ -5,6 +5,7 @@ mod demo;
 mod run;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\
@@ -88,7 +89,11 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MANTLE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("warn,mantle::guest=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// Parses `KEY=VALUE` for repeated options.

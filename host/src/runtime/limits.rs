@@ -17,6 +17,21 @@ impl ModuleLimits {
     /// Ceiling for any module's memory: the pooling allocator reserves
     /// address space for this much per instance.
     pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+
+    /// Checks that a guest could run within these limits at all.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory_bytes < 1 << 20 || self.memory_bytes > Self::MAX_MEMORY_BYTES {
+            return Err(format!(
+                "memory limit {} bytes is outside 1 MiB..={} GiB",
+                self.memory_bytes,
+                Self::MAX_MEMORY_BYTES >> 30
+            ));
+        }
+        if self.deadline.is_zero() {
+            return Err("the deadline is zero".to_owned());
+        }
+        Ok(())
+    }
 }
 
 impl Default for ModuleLimits {

@@ -53,8 +53,8 @@ pub enum SetupError {
     Compile { module: String, message: String },
     #[error("module `{module}` does not fit the mantle:edge/guest world: {message}")]
     World { module: String, message: String },
-    #[error("module `{module}` is granted model `{model}`, which the node does not have")]
-    UnknownModel { module: String, model: String },
+    #[error("module `{module}` has unusable limits: {message}")]
+    Limits { module: String, message: String },
 }
 
 /// Why a request did not produce a guest response.
@@ -157,6 +157,7 @@ impl Runtime {
     /// from milliseconds to seconds: do it once per module, not per request.
     pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
         let module = spec.id.clone();
+        spec.limits.validate().map_err(|message| SetupError::Limits { module: module.clone(), message })?;
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| SetupError::Compile { module: module.clone(), message: format!("{e:#}") })?;
         let world = |e: wasmtime::Error| SetupError::World { module: module.clone(), message: format!("{e:#}") };
@@ -223,7 +224,7 @@ impl Runtime {
             wasi,
             table: ResourceTable::new(),
             nn: NnCtx::new(Arc::clone(&module.grants), Arc::clone(&self.pool)),
-            limiter: GuestLimiter::new(limits.memory_bytes.min(ModuleLimits::MAX_MEMORY_BYTES)),
+            limiter: GuestLimiter::new(limits.memory_bytes),
             tags,
             config: Arc::clone(&module.config),
         };

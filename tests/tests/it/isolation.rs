@@ -71,6 +71,33 @@ async fn only_granted_models_can_be_loaded() {
 }
 
 #[tokio::test]
+async fn wrong_inputs_are_invalid_arguments_that_name_the_input() {
+    let node = node();
+    let right = probe(node, "/compute/right", Vec::new()).await;
+    assert_eq!(right["loaded"], true, "a well-formed input runs: {right}");
+    let cases = [
+        ("wrong-shape", "invalid-argument", &["`input`", "[N, 3, 224, 224]", "[1, 3, 100, 100]"][..]),
+        ("wrong-rank", "invalid-argument", &["`input`", "[3, 224, 224]"]),
+        ("wrong-type", "invalid-argument", &["`input`", "FP32", "I64"]),
+        ("wrong-name", "invalid-argument", &["`pixels`", "`input`"]),
+        ("missing-input", "invalid-argument", &["`input`", "missing"]),
+        ("short-data", "invalid-argument", &["`input`", "602112 bytes", "12"]),
+        ("overflowing-shape", "invalid-argument", &["`input`", "too large"]),
+        ("bf16", "unsupported-operation", &["`input`", "BF16"]),
+    ];
+    for (case, code, needles) in cases {
+        let outcome = probe(node, &format!("/compute/{case}"), Vec::new()).await;
+        assert_eq!(outcome["loaded"], false, "{case}: {outcome}");
+        assert_eq!(outcome["code"], code, "{case}: {outcome}");
+        let message = outcome["message"].as_str().unwrap_or_default();
+        for needle in needles {
+            assert!(message.contains(needle), "{case}: {message:?} should mention {needle}");
+        }
+    }
+    next_request_succeeds(node).await;
+}
+
+#[tokio::test]
 async fn loading_raw_model_bytes_is_refused() {
     let node = node();
     let bytes = std::fs::read(mantle_tests::models_dir().join("silero-vad/model.onnx")).expect("a model file");

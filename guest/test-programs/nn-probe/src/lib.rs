@@ -2,10 +2,11 @@
 //! the `wasi:nn` error code it got.
 //!
 //! `POST /load-by-name` with the name as the body; `POST /load` with raw
-//! model bytes as the body.
+//! model bytes as the body; `POST /compute/{case}` runs `efficientnet-lite0`
+//! with inputs that are wrong in the way `case` names.
 
 use mantle_guest::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
-use mantle_guest::{Error, InferenceError, Model, Request, Response};
+use mantle_guest::{Error, InferenceError, Model, Request, Response, Tensor, TensorType};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -21,6 +22,17 @@ fn handle(request: Request) -> Result<Response, Error> {
         "/load" => graph::load(&[request.body.clone()], GraphEncoding::Onnx, ExecutionTarget::Cpu)
             .map(drop)
             .map_err(|e| InferenceError { code: e.code(), message: e.data() }),
+        "/compute/right" => compute(vec![("input", image(&[1, 3, 224, 224]))]),
+        "/compute/wrong-shape" => compute(vec![("input", image(&[1, 3, 100, 100]))]),
+        "/compute/wrong-rank" => compute(vec![("input", image(&[3, 224, 224]))]),
+        "/compute/wrong-type" => compute(vec![("input", Tensor::from_slice(&[1, 3, 224, 224], &vec![0i64; 3 * 224 * 224]))]),
+        "/compute/wrong-name" => compute(vec![("pixels", image(&[1, 3, 224, 224]))]),
+        "/compute/missing-input" => compute(vec![]),
+        "/compute/short-data" => compute(vec![("input", Tensor::new(&[1, 3, 224, 224], TensorType::Fp32, &[0u8; 12]))]),
+        "/compute/overflowing-shape" => {
+            compute(vec![("input", Tensor::new(&[u32::MAX, u32::MAX, u32::MAX, 2], TensorType::Fp32, &[0u8; 16]))])
+        }
+        "/compute/bf16" => compute(vec![("input", Tensor::new(&[1, 3, 224, 224], TensorType::Bf16, &vec![0u8; 2 * 3 * 224 * 224]))]),
         other => return Err(Error::invalid_input(format!("unknown probe {other}"))),
     };
     let outcome = match result {
@@ -28,6 +40,15 @@ fn handle(request: Request) -> Result<Response, Error> {
         Err(e) => Outcome { loaded: false, code: Some(e.code_name()), message: Some(e.message) },
     };
     Response::json(&outcome)
+}
+
+fn image(dims: &[u32]) -> Tensor {
+    let len: u32 = dims.iter().product();
+    Tensor::from_slice(dims, &vec![0.0f32; len as usize])
+}
+
+fn compute(inputs: Vec<(&str, Tensor)>) -> Result<(), InferenceError> {
+    Model::load("efficientnet-lite0")?.run(inputs).map(drop)
 }
 
 mantle_guest::handler!(handle);
