@@ -11,8 +11,18 @@ fn build_guests(packages: &[&str]) -> Vec<PathBuf> {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let repo = manifest_dir.parent().expect("the crate lives one level below the repository root");
     let guest = repo.join("guest");
-    for watched in ["sdk", "examples", "test-programs", "Cargo.toml", "Cargo.lock", "build_support.rs"] {
+    // Watch only what these packages are built from, so that editing one
+    // kind of guest does not rebuild the crates that embed the other kind.
+    for watched in ["sdk", "Cargo.toml", "Cargo.lock", "build_support.rs"] {
         println!("cargo:rerun-if-changed={}", guest.join(watched).display());
+    }
+    for package in packages {
+        let dir = ["examples", "test-programs"]
+            .iter()
+            .map(|kind| guest.join(kind).join(package))
+            .find(|dir| dir.is_dir())
+            .unwrap_or_else(|| panic!("no guest package directory for {package}"));
+        println!("cargo:rerun-if-changed={}", dir.display());
     }
     println!("cargo:rerun-if-changed={}", repo.join("wit").display());
 
@@ -53,4 +63,16 @@ fn build_guests(packages: &[&str]) -> Vec<PathBuf> {
             path
         })
         .collect()
+}
+
+/// Writes `file` in `OUT_DIR` with one constant per package, named after the
+/// package in upper case and valued by `value(path of its component)`.
+fn write_constants(file: &str, packages: &[&str], paths: &[PathBuf], value: impl Fn(&str) -> String) {
+    let mut code = String::new();
+    for (package, path) in packages.iter().zip(paths) {
+        let constant = package.to_uppercase().replace('-', "_");
+        code.push_str(&format!("pub const {constant}: {};\n", value(&path.display().to_string())));
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join(file), code).unwrap_or_else(|e| panic!("cannot write {file}: {e}"));
 }

@@ -5,13 +5,13 @@ include!("../guest/build_support.rs");
 
 const EXAMPLES: [&str; 3] = ["image-classify", "text-embed", "speech-detect"];
 
+/// Files outside the guest tree that the examples embed.
+const EMBEDDED_DATA: [&str; 2] = ["models/efficientnet-lite0/labels.json", "models/minilm-l6/tokenizer.json"];
+
 fn main() {
-    let paths = build_guests(&EXAMPLES);
-    let mut code = String::new();
-    for (name, path) in EXAMPLES.iter().zip(paths) {
-        let constant = name.to_uppercase().replace('-', "_");
-        code.push_str(&format!("pub const {constant}: &[u8] = include_bytes!({:?});\n", path.display().to_string()));
+    for file in EMBEDDED_DATA {
+        println!("cargo:rerun-if-changed=../{file}");
     }
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("example_guests.rs"), code).expect("cannot write example_guests.rs");
+    let paths = build_guests(&EXAMPLES);
+    write_constants("example_guests.rs", &EXAMPLES, &paths, |path| format!("&[u8] = include_bytes!({path:?})"));
 }

@@ -3,11 +3,11 @@
 //! with the example modules compiled once for every test.
 
 use mantle::examples::{self, EXAMPLES};
-use mantle::models::ModelRegistry;
+use mantle::models::{Model, ModelRegistry};
 use mantle::runtime::{GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Paths of the test-program components, one constant per guest in
 /// `guest/test-programs/`.
@@ -66,17 +66,28 @@ impl Node {
             .unwrap_or_else(|| panic!("no example module {name}"))
     }
 
-    /// Compiles a test program as module `id` of tenant `tenant`, granted
-    /// the named models.
+    /// Compiles a test program as a module of `tenant`, granted the named
+    /// example models.
     pub fn program(&self, wasm_path: &str, tenant: &str, grants: &[&str], limits: ModuleLimits) -> GuestModule {
-        let wasm = std::fs::read(wasm_path).unwrap_or_else(|e| panic!("cannot read {wasm_path}: {e}"));
         let grants = grants
             .iter()
             .map(|name| {
                 let model = self.models.get(name).unwrap_or_else(|| panic!("no model {name}"));
-                (name.to_string(), model.clone())
+                (name.to_string(), Arc::clone(model))
             })
             .collect();
+        self.program_granted(wasm_path, tenant, grants, limits)
+    }
+
+    /// Compiles a test program as a module of `tenant`, granted `grants`.
+    pub fn program_granted(
+        &self,
+        wasm_path: &str,
+        tenant: &str,
+        grants: BTreeMap<String, Arc<Model>>,
+        limits: ModuleLimits,
+    ) -> GuestModule {
+        let wasm = std::fs::read(wasm_path).unwrap_or_else(|e| panic!("cannot read {wasm_path}: {e}"));
         let id = Path::new(wasm_path).file_stem().map_or("program".into(), |s| s.to_string_lossy().into_owned());
         let spec = ModuleSpec {
             id,

@@ -203,6 +203,11 @@ impl Runtime {
             Err(_elapsed) => return Err(HandleError::Deadline(limits.deadline)),
             Ok(result) => result?,
         };
+        tracing::debug!(
+            tenant = %module.tenant, module = %module.id, %request_id,
+            elapsed = ?started.elapsed(), inference = ?store.data().nn.inference_time,
+            "guest finished"
+        );
         match outcome {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(guest_error)) => Err(HandleError::Guest(guest_error)),

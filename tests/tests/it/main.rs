@@ -5,4 +5,5 @@ mod cli;
 mod image_classify;
 mod isolation;
 mod speech_detect;
+mod tensor_types;
 mod text_embed;
