@@ -107,7 +107,7 @@ async fn loading_raw_model_bytes_is_refused() {
 }
 
 #[tokio::test]
-async fn a_guest_finds_no_files_environment_or_arguments() {
+async fn a_guest_finds_no_files_environment_arguments_or_network() {
     let node = node();
     let prober = node.program(programs::SANDBOX_PROBE, "tenant-a", &[], ModuleLimits::default());
     let findings = node.call_json(&prober, post(Vec::new())).await;
@@ -116,6 +116,13 @@ async fn a_guest_finds_no_files_environment_or_arguments() {
     }
     for (path, outcome) in findings["listings"].as_array().expect("listings").iter().map(|r| (&r[0], &r[1])) {
         assert!(outcome.as_str().is_some_and(|o| o.starts_with("error")), "{path} was listable: {outcome}");
+    }
+    for kind in ["connections", "lookups"] {
+        let attempts = findings[kind].as_array().expect("attempts");
+        assert!(!attempts.is_empty());
+        for (target, outcome) in attempts.iter().map(|r| (&r[0], &r[1])) {
+            assert!(outcome.as_str().is_some_and(|o| o.starts_with("error")), "{kind}: {target} was reachable: {outcome}");
+        }
     }
     assert_eq!(findings["env_vars"], 0, "{findings}");
     assert_eq!(findings["args"], 0, "{findings}");

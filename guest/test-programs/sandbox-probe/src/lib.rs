@@ -1,5 +1,5 @@
 //! Test guest: looks for a way out of the sandbox (files, directories,
-//! environment, arguments) and reports what it found.
+//! environment, arguments, sockets, name lookup) and reports what it found.
 
 use mantle_guest::{Error, Request, Response};
 use serde::Serialize;
@@ -12,6 +12,10 @@ struct Findings {
     listings: Vec<(String, String)>,
     env_vars: usize,
     args: usize,
+    /// Each address it tried to connect to, and what happened.
+    connections: Vec<(String, String)>,
+    /// Each name it tried to resolve, and what happened.
+    lookups: Vec<(String, String)>,
 }
 
 fn handle(_request: Request) -> Result<Response, Error> {
@@ -35,11 +39,34 @@ fn handle(_request: Request) -> Result<Response, Error> {
             (path.to_owned(), outcome)
         })
         .collect();
+    let connections = ["127.0.0.1:22", "10.0.0.1:80", "[::1]:443"]
+        .into_iter()
+        .map(|address| {
+            let outcome = match std::net::TcpStream::connect(address) {
+                Ok(_) => "connected".to_owned(),
+                Err(e) => format!("error: {e}"),
+            };
+            (address.to_owned(), outcome)
+        })
+        .collect();
+    let lookups = ["localhost:80", "example.com:443"]
+        .into_iter()
+        .map(|name| {
+            use std::net::ToSocketAddrs;
+            let outcome = match name.to_socket_addrs() {
+                Ok(addresses) => format!("resolved {} addresses", addresses.count()),
+                Err(e) => format!("error: {e}"),
+            };
+            (name.to_owned(), outcome)
+        })
+        .collect();
     Response::json(&Findings {
         reads,
         listings,
         env_vars: std::env::vars_os().count(),
         args: std::env::args_os().count(),
+        connections,
+        lookups,
     })
 }
 
