@@ -161,3 +161,38 @@ impl tokio::io::AsyncWrite for GuestLog {
         std::task::Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags() -> LogTags {
+        LogTags { tenant: Arc::from("t"), module: Arc::from("m"), request_id: Arc::from("r") }
+    }
+
+    #[test]
+    fn output_past_the_budget_is_counted_and_dropped() {
+        let log = GuestLog::new(tags(), "stdout");
+        let line = [b'x'; 99].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        for _ in 0..1000 {
+            log.write_bytes(&line);
+        }
+        let buffer = log.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(buffer.logged, BUDGET_BYTES);
+        assert_eq!(buffer.dropped, 100_000 - BUDGET_BYTES);
+    }
+
+    #[test]
+    fn a_line_without_newline_is_cut_at_the_maximum_length() {
+        let log = GuestLog::new(tags(), "stderr");
+        log.write_bytes(&vec![b'y'; MAX_LINE * 3]);
+        let buffer = log.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(buffer.pending.len() < MAX_LINE, "pending {}", buffer.pending.len());
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_log_lines() {
+        assert_eq!(printable("ok\u{1b}[31m red\rINFO fake"), "ok\u{FFFD}[31m red\u{FFFD}INFO fake");
+        assert_eq!(printable("tabs\tstay\r\n"), "tabs\tstay");
+    }
+}

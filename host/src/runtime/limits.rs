@@ -82,3 +82,28 @@ impl ResourceLimiter for GuestLimiter {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_usable_and_extremes_are_refused() {
+        assert_eq!(ModuleLimits::default().validate(), Ok(()));
+        let too_small = ModuleLimits { memory_bytes: 4096, ..Default::default() };
+        assert!(too_small.validate().is_err_and(|m| m.contains("memory limit")));
+        let too_large = ModuleLimits { memory_bytes: ModuleLimits::MAX_MEMORY_BYTES + 1, ..Default::default() };
+        assert!(too_large.validate().is_err());
+        let no_time = ModuleLimits { deadline: Duration::ZERO, ..Default::default() };
+        assert!(no_time.validate().is_err_and(|m| m.contains("deadline")));
+    }
+
+    #[test]
+    fn growth_past_the_cap_is_refused_and_remembered() {
+        let mut limiter = GuestLimiter::new(1 << 20);
+        assert!(matches!(limiter.memory_growing(0, 1 << 20, None), Ok(true)));
+        assert_eq!(limiter.refused_growth, None);
+        assert!(matches!(limiter.memory_growing(1 << 20, 2 << 20, None), Ok(false)));
+        assert_eq!(limiter.refused_growth, Some(2 << 20));
+    }
+}
