@@ -111,14 +111,34 @@ impl Node {
     }
 }
 
-/// The `mantle` binary of this build: `cargo test` at the workspace root
-/// builds it next to the test binaries.
-pub fn mantle_binary() -> PathBuf {
-    let test_exe = std::env::current_exe().expect("the test binary knows its path");
-    let profile_dir = test_exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = profile_dir.join(format!("mantle{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "no mantle binary at {}: run `cargo test` from the workspace root", binary.display());
-    binary
+/// The `mantle` binary, built from this source tree into the target
+/// directory and profile of the running tests. `cargo test` builds only
+/// the libraries and tests a test binary needs, so the first call runs
+/// `cargo build -p mantle` (a no-op when the binary is up to date).
+pub fn mantle_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let test_exe = std::env::current_exe().expect("the test binary knows its path");
+        // <target>/<profile>/deps/<test binary>
+        let profile_dir = test_exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("a target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["build", "--quiet", "-p", "mantle", "--bin", "mantle", "--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the mantle binary failed");
+        let binary = profile_dir.join(format!("mantle{}", std::env::consts::EXE_SUFFIX));
+        assert!(binary.exists(), "cargo built no binary at {}", binary.display());
+        binary
+    })
 }
 
 /// What a finished `mantle` process left behind.
