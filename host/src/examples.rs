@@ -1,7 +1,7 @@
 //! The example guests bundled into the binary, and the models they use, so
 //! that a node can run the examples with no configuration at all.
 
-use crate::models::{LoadError, ModelRegistry};
+use crate::models::{LoadError, LoadOptions, ModelRegistry};
 use crate::runtime::{ModuleLimits, ModuleSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +20,9 @@ pub struct Example {
     pub wasm: &'static [u8],
     /// The model the guest loads by name.
     pub model: &'static str,
+    /// Named dimensions of the model fixed at load: each guest sends one
+    /// item per run, and tract runs a fixed shape several times faster.
+    pub pinned_dims: &'static [(&'static str, usize)],
 }
 
 /// The three example pipelines.
@@ -29,18 +32,21 @@ pub const EXAMPLES: [Example; 3] = [
         summary: "PNG or JPEG photo -> top-5 ImageNet classes (EfficientNet-Lite0)",
         wasm: wasm::IMAGE_CLASSIFY,
         model: "efficientnet-lite0",
+        pinned_dims: &[("N", 1)],
     },
     Example {
         name: "text-embed",
         summary: "UTF-8 text -> 384-dimensional sentence embedding (all-MiniLM-L6-v2)",
         wasm: wasm::TEXT_EMBED,
         model: "minilm-l6",
+        pinned_dims: &[("batch", 1)],
     },
     Example {
         name: "speech-detect",
         summary: "WAV recording -> speech segments (Silero VAD)",
         wasm: wasm::SPEECH_DETECT,
         model: "silero-vad",
+        pinned_dims: &[],
     },
 ];
 
@@ -52,6 +58,11 @@ impl Example {
     /// as this repository's `models/`.
     pub fn model_path(&self, models_dir: &Path) -> std::path::PathBuf {
         models_dir.join(self.model).join("model.onnx")
+    }
+
+    /// How the example's model is prepared at load.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { pinned_dims: self.pinned_dims.iter().map(|&(dim, size)| (dim.to_owned(), size)).collect() }
     }
 
     /// The module spec for this example, granted its model from `registry`.
@@ -71,7 +82,7 @@ impl Example {
 pub fn load_models(models_dir: &Path) -> Result<ModelRegistry, LoadError> {
     let mut registry = ModelRegistry::new();
     for example in &EXAMPLES {
-        registry.load(example.model, &example.model_path(models_dir))?;
+        registry.load(example.model, &example.model_path(models_dir), &example.load_options())?;
     }
     Ok(registry)
 }

@@ -3,7 +3,7 @@
 use super::{Failure, key_value};
 use anyhow::Context;
 use clap::Args;
-use mantle::models::ModelRegistry;
+use mantle::models::{LoadOptions, ModelRegistry};
 use mantle::runtime::{ModuleLimits, ModuleSpec, Request, Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Run a guest module once, offline: the input is the request body, the
 /// response body is the output.
 #[derive(Args)]
-#[command(after_help = "Example:\n  mantle run image_classify.wasm \\\n    --model efficientnet-lite0=models/efficientnet-lite0/model.onnx \\\n    --input models/samples/chelsea.png")]
+#[command(after_help = "Example:\n  mantle run image_classify.wasm \\\n    --model efficientnet-lite0=models/efficientnet-lite0/model.onnx \\\n    --pin efficientnet-lite0:N=1 --input models/samples/chelsea.png")]
 pub struct RunArgs {
     /// The guest component (a .wasm file built for wasm32-wasip2).
     module: PathBuf,
@@ -26,6 +26,11 @@ pub struct RunArgs {
     /// Where the response body goes: a file, or - for stdout.
     #[arg(long, short, value_name = "FILE|-", default_value = "-")]
     output: String,
+    /// Fix a named dimension of a granted model before it is optimized:
+    /// MODEL:DIM=SIZE, e.g. efficientnet-lite0:N=1. A fixed shape runs
+    /// faster; inputs must then have exactly that size. Repeatable.
+    #[arg(long = "pin", value_name = "MODEL:DIM=SIZE", value_parser = pinned_dim)]
+    pins: Vec<(String, String, usize)>,
     /// A configuration value the guest reads with config-get: KEY=VALUE.
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
     config: Vec<(String, String)>,
@@ -51,8 +56,21 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .with_context(|| format!("cannot read module {}", args.module.display()))?;
     let mut registry = ModelRegistry::new();
     let mut grants = BTreeMap::new();
+    for (model, ..) in &args.pins {
+        if !args.models.iter().any(|(name, _)| name == model) {
+            return Err(anyhow::anyhow!("--pin names model `{model}`, which no --model grants").into());
+        }
+    }
     for (name, path) in &args.models {
-        let model = registry.load(name, path.as_ref())?;
+        let options = LoadOptions {
+            pinned_dims: args
+                .pins
+                .iter()
+                .filter(|(model, ..)| model == name)
+                .map(|(_, dim, size)| (dim.clone(), *size))
+                .collect(),
+        };
+        let model = registry.load(name, path.as_ref(), &options)?;
         grants.insert(name.clone(), model);
     }
     let body = read_input(&args.input)?;
@@ -90,6 +108,16 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     write_output(&args.output, &response.body)?;
     Ok(())
+}
+
+/// Parses `MODEL:DIM=SIZE`.
+fn pinned_dim(text: &str) -> Result<(String, String, usize), String> {
+    let parsed = text.split_once(':').and_then(|(model, rest)| {
+        let (dim, size) = rest.split_once('=')?;
+        let size = size.parse().ok()?;
+        (!model.is_empty() && !dim.is_empty()).then(|| (model.to_owned(), dim.to_owned(), size))
+    });
+    parsed.ok_or_else(|| format!("expected MODEL:DIM=SIZE, got `{text}`"))
 }
 
 fn module_name(path: &std::path::Path) -> String {

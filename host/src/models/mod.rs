@@ -10,7 +10,7 @@ mod tensor;
 pub use pool::{InferencePool, PoolError};
 pub use tensor::{ElementType, HostTensor};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +36,15 @@ pub enum RunError {
     /// tract failed while computing.
     #[error("model `{model}` failed: {message}")]
     Failed { model: String, message: String },
+}
+
+/// How to prepare a model when it is loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Named dimensions fixed to a size before optimizing, e.g. a batch
+    /// dimension `N` = 1. tract optimizes a fully known shape much better;
+    /// inputs must then have exactly that size.
+    pub pinned_dims: BTreeMap<String, usize>,
 }
 
 /// One dimension of a model input as the model declares it.
@@ -84,13 +93,13 @@ impl fmt::Debug for Model {
 impl Model {
     /// Loads the ONNX file at `path` and optimizes it for this machine.
     /// This takes from milliseconds to seconds; do it once per model.
-    pub fn load(name: &str, path: &Path) -> Result<Model, LoadError> {
+    pub fn load(name: &str, path: &Path, options: &LoadOptions) -> Result<Model, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             name: name.to_owned(),
             path: path.to_owned(),
             source,
         })?;
-        Self::from_bytes(name, &bytes).map_err(|e| match e {
+        Self::from_bytes(name, &bytes, options).map_err(|e| match e {
             LoadError::Parse { name, message, .. } => {
                 LoadError::Parse { name, path: path.to_owned(), message }
             }
@@ -99,7 +108,7 @@ impl Model {
     }
 
     /// Loads an ONNX model from its serialized bytes.
-    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Model, LoadError> {
+    pub fn from_bytes(name: &str, bytes: &[u8], options: &LoadOptions) -> Result<Model, LoadError> {
         let parse = |stage: &str, e: TractError| LoadError::Parse {
             name: name.to_owned(),
             path: PathBuf::new(),
@@ -109,6 +118,7 @@ impl Model {
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| parse("parsing ONNX", e))?;
         let typed = inference.into_typed().map_err(|e| parse("analysing types", e))?;
+        let typed = pin_dims(name, typed, &options.pinned_dims)?;
         let inputs = describe_inputs(name, &typed)?;
         let outputs = typed
             .output_outlets()
@@ -240,6 +250,39 @@ impl Model {
     }
 }
 
+fn pin_dims(name: &str, model: TypedModel, pinned: &BTreeMap<String, usize>) -> Result<TypedModel, LoadError> {
+    if pinned.is_empty() {
+        return Ok(model);
+    }
+    let mut substitutions = HashMap::new();
+    for (dim, &size) in pinned {
+        let Some(symbol) = model.symbols.get(dim) else {
+            let named: Vec<String> = model
+                .input_outlets()
+                .into_iter()
+                .flatten()
+                .filter_map(|outlet| model.outlet_fact(*outlet).ok())
+                .flat_map(|fact| fact.shape.iter().filter(|d| d.to_i64().is_err()).map(|d| d.to_string()).collect::<Vec<_>>())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            return Err(LoadError::Unsupported {
+                name: name.to_owned(),
+                message: format!("cannot pin dimension `{dim}`: the model's named input dimensions are {named:?}"),
+            });
+        };
+        let size = i64::try_from(size).map_err(|_| LoadError::Unsupported {
+            name: name.to_owned(),
+            message: format!("dimension `{dim}` cannot be {size}"),
+        })?;
+        substitutions.insert(symbol, TDim::Val(size));
+    }
+    model.set_symbols(&substitutions).map_err(|e| LoadError::Unsupported {
+        name: name.to_owned(),
+        message: format!("pinning dimensions {pinned:?}: {e:#}"),
+    })
+}
+
 fn describe_inputs(name: &str, model: &TypedModel) -> Result<Vec<InputSpec>, LoadError> {
     let unsupported = |message: String| LoadError::Unsupported { name: name.to_owned(), message };
     model
@@ -281,8 +324,8 @@ impl ModelRegistry {
     }
 
     /// Loads `path` as model `name`, replacing any model of that name.
-    pub fn load(&mut self, name: &str, path: &Path) -> Result<Arc<Model>, LoadError> {
-        let model = Arc::new(Model::load(name, path)?);
+    pub fn load(&mut self, name: &str, path: &Path, options: &LoadOptions) -> Result<Arc<Model>, LoadError> {
+        let model = Arc::new(Model::load(name, path, options)?);
         self.models.insert(name.to_owned(), Arc::clone(&model));
         Ok(model)
     }

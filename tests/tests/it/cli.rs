@@ -31,7 +31,9 @@ async fn run_gives_the_same_bytes_as_the_library() {
     let module = example_wasm(dir.path(), "image-classify");
     let input = models_dir().join("samples/chelsea.png");
     let model = grant("efficientnet-lite0");
-    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--input"), input.as_os_str()], b"");
+    // Pinned as the bundled example pins it, so that tract runs the same plan.
+    let pin = OsStr::new("efficientnet-lite0:N=1");
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--pin"), pin, OsStr::new("--input"), input.as_os_str()], b"");
     assert_eq!(cli.code, Some(0), "stderr: {}", cli.stderr);
 
     let node = node();
@@ -46,7 +48,8 @@ async fn run_reads_stdin_and_writes_a_file() {
     let output = dir.path().join("embedding.json");
     let model = grant("minilm-l6");
     let text = "A cat sits on the mat";
-    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--output"), output.as_os_str()], text.as_bytes());
+    let pin = OsStr::new("minilm-l6:batch=1");
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--pin"), pin, OsStr::new("--output"), output.as_os_str()], text.as_bytes());
     assert_eq!(cli.code, Some(0), "stderr: {}", cli.stderr);
     assert!(cli.stdout.is_empty());
 
@@ -82,6 +85,16 @@ fn a_missing_module_is_a_setup_error() {
     let cli = run(&[OsStr::new("run"), OsStr::new("/nonexistent/guest.wasm")], b"");
     assert_eq!(cli.code, Some(3), "stderr: {}", cli.stderr);
     assert!(cli.stderr.contains("/nonexistent/guest.wasm"), "stderr: {}", cli.stderr);
+}
+
+#[test]
+fn pinning_a_dimension_the_model_lacks_is_a_setup_error() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let module = example_wasm(dir.path(), "image-classify");
+    let model = grant("efficientnet-lite0");
+    let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--pin"), OsStr::new("efficientnet-lite0:batch=1")], b"");
+    assert_eq!(cli.code, Some(3), "stderr: {}", cli.stderr);
+    assert!(cli.stderr.contains("`batch`") && cli.stderr.contains("\"N\""), "stderr: {}", cli.stderr);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! tract and back, checked against the ONNX project's own conformance data
 //! (`tests/data/onnx-node/`, from onnx==1.17.0).
 
-use mantle::models::Model;
+use mantle::models::{LoadOptions, Model};
 use mantle::runtime::ModuleLimits;
 use mantle_tests::{node, post, programs, repo_root};
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ async fn each_tensor_type_round_trips_through_a_model() {
     for case in &cases {
         let test = case["test"].as_str().expect("test name");
         let path = repo_root().join("tests/data/onnx-node").join(test).join("model.onnx");
-        grants.insert(test.to_owned(), Arc::new(Model::load(test, &path).expect("the ONNX test model loads")));
+        grants.insert(test.to_owned(), Arc::new(Model::load(test, &path, &LoadOptions::default()).expect("the ONNX test model loads")));
     }
     let probe = node.program_granted(programs::TENSOR_PROBE, "tenant-types", grants, ModuleLimits::default());
 

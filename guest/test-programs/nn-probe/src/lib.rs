@@ -3,7 +3,7 @@
 //!
 //! `POST /load-by-name` with the name as the body; `POST /load` with raw
 //! model bytes as the body; `POST /compute/{case}` runs `efficientnet-lite0`
-//! with inputs that are wrong in the way `case` names.
+//! (or `minilm-l6`) with inputs that are wrong in the way `case` names.
 
 use mantle_guest::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use mantle_guest::{Error, InferenceError, Model, Request, Response, Tensor, TensorType};
@@ -33,6 +33,10 @@ fn handle(request: Request) -> Result<Response, Error> {
             compute(vec![("input", Tensor::new(&[u32::MAX, u32::MAX, u32::MAX, 2], TensorType::Fp32, &[0u8; 16]))])
         }
         "/compute/bf16" => compute(vec![("input", Tensor::new(&[1, 3, 224, 224], TensorType::Bf16, &vec![0u8; 2 * 3 * 224 * 224]))]),
+        "/compute/sequence-mismatch" => Model::load("minilm-l6").and_then(|model| {
+            let ids = |n: u32| Tensor::from_slice(&[1, n], &vec![101i64; n as usize]);
+            model.run([("input_ids", ids(5)), ("attention_mask", ids(6)), ("token_type_ids", ids(5))]).map(drop)
+        }),
         other => return Err(Error::invalid_input(format!("unknown probe {other}"))),
     };
     let outcome = match result {
