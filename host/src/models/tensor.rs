@@ -99,10 +99,9 @@ impl HostTensor {
     }
 
     pub(crate) fn into_tract(self) -> Result<Tensor, String> {
-        self.check_data_len()?;
         // SAFETY: every element type here is plain numeric data for which
-        // any bit pattern is a valid value, and the length was checked above
-        // (tract checks it again before copying).
+        // any bit pattern is a valid value, and tract checks the length
+        // against the shape before copying.
         unsafe { Tensor::from_raw_dt(self.element_type.datum_type(), &self.shape, &self.data) }
             .map_err(|e| format!("{e:#}"))
     }

@@ -171,11 +171,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 Err((code, message)) => return self.fail(code, format!("input `{name}`: {message}")),
             }
         }
-        // Checked here, before the pool, so that a bad input costs nothing.
-        if let Err(RunError::InvalidInput(message)) = model.check_inputs(&host_inputs) {
-            return self.fail(ErrorCode::InvalidArgument, message);
-        }
-
+        // Model::run checks names, types and shapes before computing.
         let started = Instant::now();
         let job_model = Arc::clone(&model);
         let outcome = self.ctx.pool.run(move || job_model.run(host_inputs)).await;
@@ -281,9 +277,7 @@ fn tensor_type(element_type: ElementType) -> TensorType {
 fn to_host(tensor: NnTensor) -> Result<HostTensor, (ErrorCode, String)> {
     let element_type = element_type(tensor.ty)?;
     let shape: Vec<usize> = tensor.dimensions.iter().map(|&d| d as usize).collect();
-    let host = HostTensor { element_type, shape, data: tensor.data };
-    host.check_data_len().map_err(|m| (ErrorCode::InvalidArgument, m))?;
-    Ok(host)
+    Ok(HostTensor { element_type, shape, data: tensor.data })
 }
 
 fn from_host(tensor: HostTensor) -> Result<NnTensor, String> {
