@@ -2,7 +2,7 @@
 //! and the same bytes as the library gives.
 
 use mantle::examples::EXAMPLES;
-use mantle_tests::{Finished, models_dir, node, post, run_mantle, sample};
+use mantle_tests::{Finished, models_dir, node, post, programs, run_mantle, sample};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,6 +95,19 @@ fn pinning_a_dimension_the_model_lacks_is_a_setup_error() {
     let cli = run(&[OsStr::new("run"), module.as_os_str(), OsStr::new("--model"), OsStr::new(&model), OsStr::new("--pin"), OsStr::new("efficientnet-lite0:batch=1")], b"");
     assert_eq!(cli.code, Some(3), "stderr: {}", cli.stderr);
     assert!(cli.stderr.contains("`batch`") && cli.stderr.contains("\"N\""), "stderr: {}", cli.stderr);
+}
+
+#[test]
+fn guest_output_goes_to_the_log_tagged_with_its_module() {
+    let cli = run(&[OsStr::new("run"), OsStr::new(programs::ECHO), OsStr::new("--config"), OsStr::new("greeting=hi")], b"ping");
+    assert_eq!(cli.code, Some(0), "stderr: {}", cli.stderr);
+    let line = cli.stderr.lines().find(|l| l.contains("echo wrote this line to stdout")).unwrap_or_else(|| panic!("the guest's stdout is logged: {}", cli.stderr));
+    for tag in ["mantle::guest", "tenant=local", "module=echo", "stream=\"stdout\""] {
+        assert!(line.contains(tag), "{line:?} carries {tag}");
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("the response body is JSON");
+    assert_eq!(answer["greeting"], "hi");
+    assert_eq!(answer["body_len"], 4);
 }
 
 #[test]
