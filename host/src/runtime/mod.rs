@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
-/// How often the epoch advances; deadlines are measured in these ticks.
+/// How often the epoch advances: how often a running guest yields to the
+/// executor and checks its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Node-wide settings of the runtime.
@@ -197,7 +198,7 @@ impl Runtime {
             let outcome = guest.mantle_edge_handler().call_handle(&mut store, &request).await;
             Ok::<_, HandleError>(outcome)
         };
-        // The epoch deadline stops a guest that computes; this timeout also
+        // The epoch callback stops a guest that computes; this timeout also
         // stops one that waits on the host (sleeping, or a long inference).
         let outcome = match tokio::time::timeout(limits.deadline + EPOCH_TICK * 2, run).await {
             Err(_elapsed) => return Err(HandleError::Deadline(limits.deadline)),
@@ -235,9 +236,18 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let ticks = limits.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        // At every epoch tick a running guest yields to the executor, so that
+        // one busy guest cannot hold a thread other requests need; once its
+        // wall-clock deadline has passed it is interrupted instead.
+        let deadline = Instant::now() + limits.deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
         store
     }
 }

@@ -28,6 +28,35 @@ async fn a_looping_guest_is_stopped_by_its_deadline() {
     next_request_succeeds(node).await;
 }
 
+/// On a single-threaded executor, a looping guest still lets another
+/// request run to completion: guests yield at every epoch tick.
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_guest_does_not_hold_up_others_on_its_thread() {
+    let node = node();
+    let looping = node.program(
+        programs::LOOP_FOREVER,
+        "tenant-a",
+        &[],
+        ModuleLimits { deadline: Duration::from_secs(3), ..Default::default() },
+    );
+    let echo = node.program(programs::ECHO, "tenant-b", &[], ModuleLimits::default());
+    let finished = std::sync::Mutex::new(Vec::new());
+    let mark = |who: &'static str| finished.lock().unwrap_or_else(|p| p.into_inner()).push(who);
+    tokio::join!(
+        async {
+            let error = node.call(&looping, post(Vec::new())).await.expect_err("stopped");
+            assert!(matches!(error, HandleError::Deadline(_)), "{error:?}");
+            mark("loop");
+        },
+        async {
+            let answer = node.call_json(&echo, post(b"hello".to_vec())).await;
+            assert_eq!(answer["tenant"], "tenant-b");
+            mark("echo");
+        },
+    );
+    assert_eq!(*finished.lock().unwrap_or_else(|p| p.into_inner()), ["echo", "loop"]);
+}
+
 #[tokio::test]
 async fn a_memory_bomb_traps_at_its_cap() {
     let node = node();
