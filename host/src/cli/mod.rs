@@ -100,6 +100,6 @@ fn init_logging() {
 pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+        _ => Err(format!("expected NAME=VALUE, got `{text}`")),
     }
 }

@@ -19,7 +19,7 @@ use tract_onnx::prelude::*;
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read model `{name}` from {}: {source}", path.display())]
+    #[error("cannot read model `{name}` from {}", path.display())]
     Read { name: String, path: PathBuf, source: std::io::Error },
     #[error("cannot load model `{name}` from {}: {message}", path.display())]
     Parse { name: String, path: PathBuf, message: String },

@@ -159,6 +159,7 @@ impl Runtime {
     pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
         let module = spec.id.clone();
         spec.limits.validate().map_err(|message| SetupError::Limits { module: module.clone(), message })?;
+        check_component_header(wasm).map_err(|message| SetupError::Compile { module: module.clone(), message })?;
         let component = Component::new(&self.engine, wasm)
             .map_err(|e| SetupError::Compile { module: module.clone(), message: format!("{e:#}") })?;
         let world = |e: wasmtime::Error| SetupError::World { module: module.clone(), message: format!("{e:#}") };
@@ -255,6 +256,20 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Tells apart the two mistakes wasmtime reports least clearly: a file that
+/// is not WebAssembly at all, and a core module instead of a component.
+fn check_component_header(wasm: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
+    match wasm.get(..8) {
+        Some(header) if header.starts_with(MAGIC) && header[4..] == CORE_MODULE => Err(
+            "it is a core WebAssembly module, not a component: build the guest for wasm32-wasip2".to_owned(),
+        ),
+        Some(header) if header.starts_with(MAGIC) => Ok(()),
+        _ => Err("it is not a WebAssembly file (it does not start with \"\\0asm\")".to_owned()),
     }
 }
 

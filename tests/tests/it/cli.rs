@@ -88,6 +88,22 @@ fn a_missing_module_is_a_setup_error() {
 }
 
 #[test]
+fn files_that_are_not_components_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cases: [(&str, &[u8], &str); 2] = [
+        ("notes.wasm", b"just some text", "not a WebAssembly file"),
+        ("core.wasm", b"\0asm\x01\0\0\0", "core WebAssembly module, not a component"),
+    ];
+    for (name, bytes, reason) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let cli = run(&[OsStr::new("run"), path.as_os_str()], b"");
+        assert_eq!(cli.code, Some(3), "{name}: {}", cli.stderr);
+        assert!(cli.stderr.contains(reason), "{name}: {}", cli.stderr);
+    }
+}
+
+#[test]
 fn pinning_a_dimension_the_model_lacks_is_a_setup_error() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let module = example_wasm(dir.path(), "image-classify");
