@@ -3,7 +3,8 @@
 
 include!("../guest/build_support.rs");
 
-const TEST_PROGRAMS: [&str; 6] = ["echo", "loop-forever", "memory-bomb", "nn-probe", "sandbox-probe", "tensor-probe"];
+const TEST_PROGRAMS: [&str; 7] =
+    ["echo", "loop-forever", "memory-bomb", "nn-probe", "sandbox-probe", "sleep-forever", "tensor-probe"];
 
 fn main() {
     let paths = build_guests(&TEST_PROGRAMS);

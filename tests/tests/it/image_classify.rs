@@ -68,3 +68,26 @@ async fn a_body_that_is_no_image_is_unsupported_media() {
     let error = node.call(node.example("image-classify"), post(Vec::new())).await.expect_err("refused");
     assert_eq!(error.status(), 400, "{error}");
 }
+
+/// Concurrent requests share one loaded model and the inference pool, and
+/// each still gets the answer for its own photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_answers() {
+    let node = node();
+    let photos = [("chelsea.png", "tiger cat"), ("coffee.png", "espresso")];
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (photo, expected) = photos[i % 2];
+        requests.spawn(async move {
+            let answer = node.call_json(node.example("image-classify"), post(sample(photo))).await;
+            (photo, expected, labels(&answer)[0].clone())
+        });
+    }
+    let mut answered = 0;
+    while let Some(outcome) = requests.join_next().await {
+        let (photo, expected, actual) = outcome.expect("the request task completes");
+        assert_eq!(actual, expected, "{photo}");
+        answered += 1;
+    }
+    assert_eq!(answered, 8);
+}

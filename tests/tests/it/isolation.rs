@@ -28,6 +28,17 @@ async fn a_looping_guest_is_stopped_by_its_deadline() {
     next_request_succeeds(node).await;
 }
 
+#[tokio::test]
+async fn a_sleeping_guest_is_stopped_by_its_deadline() {
+    let node = node();
+    let deadline = Duration::from_millis(300);
+    let sleeper = node.program(programs::SLEEP_FOREVER, "tenant-a", &[], ModuleLimits { deadline, ..Default::default() });
+    let error = node.call(&sleeper, post(Vec::new())).await.expect_err("a sleeper never answers");
+    assert!(matches!(error, HandleError::Deadline(d) if d == deadline), "{error:?}");
+    assert_eq!(error.status(), 504);
+    next_request_succeeds(node).await;
+}
+
 /// On a single-threaded executor, a looping guest still lets another
 /// request run to completion: guests yield at every epoch tick.
 #[tokio::test(flavor = "current_thread")]
