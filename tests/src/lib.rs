@@ -62,7 +62,7 @@ impl Node {
     pub fn example(&self, name: &str) -> &GuestModule {
         self.examples
             .iter()
-            .find(|m| m.spec().id == name)
+            .find(|m| m.id() == name)
             .unwrap_or_else(|| panic!("no example module {name}"))
     }
 
@@ -105,7 +105,7 @@ impl Node {
 
     /// Calls `module` and parses its 200 answer as JSON.
     pub async fn call_json(&self, module: &GuestModule, request: Request) -> serde_json::Value {
-        let response = self.call(module, request).await.unwrap_or_else(|e| panic!("{}: {e}", module.spec().id));
+        let response = self.call(module, request).await.unwrap_or_else(|e| panic!("{}: {e}", module.id()));
         assert_eq!(response.status, 200, "body: {}", String::from_utf8_lossy(&response.body));
         serde_json::from_slice(&response.body).expect("the answer is JSON")
     }

@@ -77,8 +77,8 @@ async fn call(runtime: &Runtime, module: &GuestModule, body: Vec<u8>) -> Result<
     let response = runtime
         .handle(module, request, "demo")
         .await
-        .map_err(|e| Failure::Guest(format!("{}: {e}", module.spec().id)))?;
-    tracing::info!(module = %module.spec().id, elapsed = ?started.elapsed(), "answered {}", response.status);
+        .map_err(|e| Failure::Guest(format!("{}: {e}", module.id())))?;
+    tracing::info!(module = %module.id(), elapsed = ?started.elapsed(), "answered {}", response.status);
     serde_json::from_slice(&response.body)
-        .map_err(|e| Failure::Guest(format!("{} answered {} with a body that is not JSON: {e}", module.spec().id, response.status)))
+        .map_err(|e| Failure::Guest(format!("{} answered {} with a body that is not JSON: {e}", module.id(), response.status)))
 }

@@ -110,19 +110,28 @@ pub struct ModuleSpec {
     pub config: BTreeMap<String, String>,
 }
 
-/// A compiled, pre-instantiated module, ready to serve requests.
+/// A compiled, pre-instantiated module, ready to serve requests. Its parts
+/// are shared, so that a request's store takes them without copying.
 pub struct GuestModule {
-    spec: ModuleSpec,
     tenant: Arc<str>,
     id: Arc<str>,
     grants: Arc<Grants>,
+    limits: ModuleLimits,
     config: Arc<BTreeMap<String, String>>,
     pre: GuestPre<GuestState>,
 }
 
 impl GuestModule {
-    pub fn spec(&self) -> &ModuleSpec {
-        &self.spec
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn limits(&self) -> ModuleLimits {
+        self.limits
     }
 }
 
@@ -166,11 +175,11 @@ impl Runtime {
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = GuestPre::new(instance_pre).map_err(world)?;
         Ok(GuestModule {
-            tenant: Arc::from(spec.tenant.as_str()),
-            id: Arc::from(spec.id.as_str()),
-            grants: Arc::new(Grants::new(spec.grants.clone())),
-            config: Arc::new(spec.config.clone()),
-            spec,
+            tenant: Arc::from(spec.tenant),
+            id: Arc::from(spec.id),
+            grants: Arc::new(Grants::new(spec.grants)),
+            limits: spec.limits,
+            config: Arc::new(spec.config),
             pre,
         })
     }
@@ -182,7 +191,7 @@ impl Runtime {
         request: Request,
         request_id: &str,
     ) -> Result<Response, HandleError> {
-        let limits = module.spec.limits;
+        let limits = module.limits;
         let tags = LogTags {
             tenant: Arc::clone(&module.tenant),
             module: Arc::clone(&module.id),
