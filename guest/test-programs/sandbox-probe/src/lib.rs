@@ -19,55 +19,35 @@ struct Findings {
 }
 
 fn handle(_request: Request) -> Result<Response, Error> {
+    use std::net::{TcpStream, ToSocketAddrs};
     let reads = ["/etc/passwd", "/etc/hostname", "models/efficientnet-lite0/model.onnx", "Cargo.toml"]
-        .into_iter()
-        .map(|path| {
-            let outcome = match std::fs::read(path) {
-                Ok(bytes) => format!("read {} bytes", bytes.len()),
-                Err(e) => format!("error: {e}"),
-            };
-            (path.to_owned(), outcome)
-        })
-        .collect();
-    let listings = ["/", "."]
-        .into_iter()
-        .map(|path| {
-            let outcome = match std::fs::read_dir(path) {
-                Ok(entries) => format!("listed {} entries", entries.count()),
-                Err(e) => format!("error: {e}"),
-            };
-            (path.to_owned(), outcome)
-        })
-        .collect();
-    let connections = ["127.0.0.1:22", "10.0.0.1:80", "[::1]:443"]
-        .into_iter()
-        .map(|address| {
-            let outcome = match std::net::TcpStream::connect(address) {
-                Ok(_) => "connected".to_owned(),
-                Err(e) => format!("error: {e}"),
-            };
-            (address.to_owned(), outcome)
-        })
-        .collect();
+        .map(|path| attempt(path, std::fs::read, |bytes| format!("read {} bytes", bytes.len())));
+    let listings = ["/", "."].map(|path| attempt(path, std::fs::read_dir, |entries| format!("listed {} entries", entries.count())));
+    let connections = ["127.0.0.1:22", "10.0.0.1:80", "[::1]:443"].map(|address| attempt(address, TcpStream::connect, |_| "connected".to_owned()));
     let lookups = ["localhost:80", "example.com:443"]
-        .into_iter()
-        .map(|name| {
-            use std::net::ToSocketAddrs;
-            let outcome = match name.to_socket_addrs() {
-                Ok(addresses) => format!("resolved {} addresses", addresses.count()),
-                Err(e) => format!("error: {e}"),
-            };
-            (name.to_owned(), outcome)
-        })
-        .collect();
+        .map(|name| attempt(name, |n| n.to_socket_addrs(), |addresses| format!("resolved {} addresses", addresses.count())));
     Response::json(&Findings {
-        reads,
-        listings,
+        reads: reads.to_vec(),
+        listings: listings.to_vec(),
         env_vars: std::env::vars_os().count(),
         args: std::env::args_os().count(),
-        connections,
-        lookups,
+        connections: connections.to_vec(),
+        lookups: lookups.to_vec(),
     })
+}
+
+/// Tries `action` on `target`: `(target, "error: ...")` when the sandbox
+/// stopped it, or what it got when it did not.
+fn attempt<T>(
+    target: &'static str,
+    action: impl FnOnce(&'static str) -> std::io::Result<T>,
+    describe: impl FnOnce(T) -> String,
+) -> (String, String) {
+    let outcome = match action(target) {
+        Ok(value) => describe(value),
+        Err(e) => format!("error: {e}"),
+    };
+    (target.to_owned(), outcome)
 }
 
 mantle_guest::handler!(handle);
