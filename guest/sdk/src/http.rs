@@ -21,8 +21,7 @@ impl Request {
 
     /// The body as UTF-8 text, or an `invalid-input` error.
     pub fn text(&self) -> Result<&str, Error> {
-        std::str::from_utf8(&self.body)
-            .map_err(|e| Error::invalid_input(format!("the body is not valid UTF-8: {e}")))
+        std::str::from_utf8(&self.body).map_err(|e| Error::invalid_input(format!("the body is not valid UTF-8: {e}")))
     }
 
     /// The body parsed as JSON, or an `invalid-input` error.
@@ -35,7 +34,11 @@ impl Request {
 impl Response {
     /// A response with `status` and `body` and no headers.
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
-        Response { status, headers: Vec::new(), body: body.into() }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
     }
 
     /// `200 OK` with `body`.

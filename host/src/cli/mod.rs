@@ -37,6 +37,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
@@ -87,8 +89,7 @@ pub fn main() -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MANTLE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,mantle::guest=info"));
+    let filter = EnvFilter::try_from_env("MANTLE_LOG").unwrap_or_else(|_| EnvFilter::new("warn,mantle::guest=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

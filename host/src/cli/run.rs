@@ -13,7 +13,9 @@ use std::time::Duration;
 /// Run a guest module once, offline: the input is the request body, the
 /// response body is the output.
 #[derive(Args)]
-#[command(after_help = "Example:\n  mantle run image_classify.wasm \\\n    --model efficientnet-lite0=models/efficientnet-lite0/model.onnx \\\n    --pin efficientnet-lite0:N=1 --input models/samples/chelsea.png")]
+#[command(
+    after_help = "Example:\n  mantle run image_classify.wasm \\\n    --model efficientnet-lite0=models/efficientnet-lite0/model.onnx \\\n    --pin efficientnet-lite0:N=1 --input models/samples/chelsea.png"
+)]
 pub struct RunArgs {
     /// The guest component (a .wasm file built for wasm32-wasip2).
     module: PathBuf,
@@ -52,8 +54,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
-    let wasm = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read module {}", args.module.display()))?;
+    let wasm = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display()))?;
     let mut registry = ModelRegistry::new();
     let mut grants = BTreeMap::new();
     for (model, ..) in &args.pins {
@@ -79,11 +80,17 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         id: module_name(&args.module),
         tenant: "local".to_owned(),
         grants,
-        limits: ModuleLimits { memory_bytes, deadline: Duration::from_millis(args.timeout_ms) },
+        limits: ModuleLimits {
+            memory_bytes,
+            deadline: Duration::from_millis(args.timeout_ms),
+        },
         config: args.config.into_iter().collect(),
     };
 
-    let runtime = Runtime::new(&RuntimeConfig { max_instances: 4, inference_threads: None })?;
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_instances: 4,
+        inference_threads: None,
+    })?;
     let module = runtime
         .load_module(spec, &wasm)
         .with_context(|| format!("cannot load module {}", args.module.display()))?;
@@ -91,7 +98,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         method: args.method,
         path: args.path,
         query: String::new(),
-        headers: args.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v.into_bytes())).collect(),
+        headers: args
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.into_bytes()))
+            .collect(),
         body,
     };
     let request_id = format!("run-{}", std::process::id());
@@ -121,13 +132,16 @@ fn pinned_dim(text: &str) -> Result<(String, String, usize), String> {
 }
 
 fn module_name(path: &std::path::Path) -> String {
-    path.file_stem().map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
+    path.file_stem()
+        .map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
 }
 
 fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
     if input == "-" {
         let mut body = Vec::new();
-        std::io::stdin().read_to_end(&mut body).context("cannot read the request body from stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .context("cannot read the request body from stdin")?;
         Ok(body)
     } else {
         std::fs::read(input).with_context(|| format!("cannot read input {input}"))
@@ -137,7 +151,10 @@ fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
 fn write_output(output: &str, body: &[u8]) -> anyhow::Result<()> {
     if output == "-" {
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(body).and_then(|()| stdout.flush()).context("cannot write the response to stdout")
+        stdout
+            .write_all(body)
+            .and_then(|()| stdout.flush())
+            .context("cannot write the response to stdout")
     } else {
         std::fs::write(output, body).with_context(|| format!("cannot write output {output}"))
     }

@@ -37,10 +37,7 @@ impl InferencePool {
     /// Runs `job` on a pool thread and waits for it without blocking the
     /// executor. A panic in `job` is caught and reported, so a model that
     /// panics on a hostile input costs one request, not the node.
-    pub async fn run<R: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> R + Send + 'static,
-    ) -> Result<R, PoolError> {
+    pub async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<R, PoolError> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.threads.spawn(move || {
             let outcome = catch_unwind(AssertUnwindSafe(job)).map_err(|panic| {

@@ -39,7 +39,10 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_instances: 256, inference_threads: None }
+        RuntimeConfig {
+            max_instances: 256,
+            inference_threads: None,
+        }
     }
 }
 
@@ -145,8 +148,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: &RuntimeConfig) -> Result<Runtime, SetupError> {
-        let engine = Engine::new(&engine_config(config))
-            .map_err(|e| SetupError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&engine_config(config)).map_err(|e| SetupError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         let link = |e: wasmtime::Error| SetupError::Engine(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
@@ -154,24 +156,39 @@ impl Runtime {
             crate::nn::NnView::new(&mut state.nn, &mut state.table)
         })
         .map_err(link)?;
-        bindings::mantle::edge::context::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(link)?;
+        bindings::mantle::edge::context::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
 
         let ticking = Arc::new(AtomicBool::new(true));
         spawn_epoch_ticker(engine.clone(), Arc::clone(&ticking))?;
         let pool = Arc::new(InferencePool::new(config.inference_threads)?);
-        Ok(Runtime { engine, linker, pool, ticking })
+        Ok(Runtime {
+            engine,
+            linker,
+            pool,
+            ticking,
+        })
     }
 
     /// Compiles `wasm` and checks it against the world. Compiling takes
     /// from milliseconds to seconds: do it once per module, not per request.
     pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
         let module = spec.id.clone();
-        spec.limits.validate().map_err(|message| SetupError::Limits { module: module.clone(), message })?;
-        check_component_header(wasm).map_err(|message| SetupError::Compile { module: module.clone(), message })?;
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| SetupError::Compile { module: module.clone(), message: format!("{e:#}") })?;
-        let world = |e: wasmtime::Error| SetupError::World { module: module.clone(), message: format!("{e:#}") };
+        spec.limits.validate().map_err(|message| SetupError::Limits {
+            module: module.clone(),
+            message,
+        })?;
+        check_component_header(wasm).map_err(|message| SetupError::Compile {
+            module: module.clone(),
+            message,
+        })?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| SetupError::Compile {
+            module: module.clone(),
+            message: format!("{e:#}"),
+        })?;
+        let world = |e: wasmtime::Error| SetupError::World {
+            module: module.clone(),
+            message: format!("{e:#}"),
+        };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = GuestPre::new(instance_pre).map_err(world)?;
         Ok(GuestModule {
@@ -274,9 +291,9 @@ fn check_component_header(wasm: &[u8]) -> Result<(), String> {
     const MAGIC: &[u8] = b"\0asm";
     const CORE_MODULE: [u8; 4] = [1, 0, 0, 0];
     match wasm.get(..8) {
-        Some(header) if header.starts_with(MAGIC) && header[4..] == CORE_MODULE => Err(
-            "it is a core WebAssembly module, not a component: build the guest for wasm32-wasip2".to_owned(),
-        ),
+        Some(header) if header.starts_with(MAGIC) && header[4..] == CORE_MODULE => {
+            Err("it is a core WebAssembly module, not a component: build the guest for wasm32-wasip2".to_owned())
+        }
         Some(header) if header.starts_with(MAGIC) => Ok(()),
         _ => Err("it is not a WebAssembly file (it does not start with \"\\0asm\")".to_owned()),
     }
@@ -316,17 +333,15 @@ fn spawn_epoch_ticker(engine: Engine, ticking: Arc<AtomicBool>) -> Result<(), Se
         .map_err(|e| SetupError::Engine(format!("cannot start the epoch thread: {e}")))
 }
 
-fn classify_trap(
-    error: &wasmtime::Error,
-    state: &GuestState,
-    limits: &ModuleLimits,
-    elapsed: Duration,
-) -> HandleError {
+fn classify_trap(error: &wasmtime::Error, state: &GuestState, limits: &ModuleLimits, elapsed: Duration) -> HandleError {
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return HandleError::Deadline(limits.deadline);
     }
     if let Some(wanted) = state.limiter.refused_growth {
-        return HandleError::MemoryLimit { limit: limits.memory_bytes, wanted };
+        return HandleError::MemoryLimit {
+            limit: limits.memory_bytes,
+            wanted,
+        };
     }
     HandleError::Trap(format!("{error:?} (after {elapsed:?})"))
 }

@@ -8,7 +8,10 @@ use std::io::Cursor;
 fn padded_speech() -> (Vec<u8>, u64, u64) {
     let mut reader = hound::WavReader::new(Cursor::new(sample("speech.wav"))).expect("a WAV sample");
     let spec = reader.spec();
-    let speech: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().expect("16-bit samples");
+    let speech: Vec<i16> = reader
+        .samples::<i16>()
+        .collect::<Result<_, _>>()
+        .expect("16-bit samples");
     let rate = spec.sample_rate as usize;
     let silence = vec![0i16; rate];
     let mut out = Cursor::new(Vec::new());
@@ -33,16 +36,28 @@ async fn speech_is_found_between_the_silences() {
         let start = segment["start_ms"].as_u64().expect("start_ms");
         let end = segment["end_ms"].as_u64().expect("end_ms");
         assert!(start < end, "{segment}");
-        assert!(start + 200 >= speech_start && end <= speech_end + 200, "{segment} lies within the speech ({speech_start}..{speech_end} ms) ± 200 ms");
+        assert!(
+            start + 200 >= speech_start && end <= speech_end + 200,
+            "{segment} lies within the speech ({speech_start}..{speech_end} ms) ± 200 ms"
+        );
         let inside_padding = end <= speech_start || start >= speech_end;
-        assert!(!inside_padding && end <= total_ms, "{segment} is not in the silent padding");
+        assert!(
+            !inside_padding && end <= total_ms,
+            "{segment} is not in the silent padding"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_wav_is_refused() {
     let node = node();
-    let error = node.call(node.example("speech-detect"), post(b"RIFF\x04\x00\x00\x00junk".to_vec())).await.expect_err("refused");
+    let error = node
+        .call(
+            node.example("speech-detect"),
+            post(b"RIFF\x04\x00\x00\x00junk".to_vec()),
+        )
+        .await
+        .expect_err("refused");
     assert_eq!(error.status(), 415, "{error}");
     assert!(error.to_string().contains("WAV"), "{error}");
 }

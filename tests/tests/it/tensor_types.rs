@@ -23,14 +23,19 @@ async fn each_tensor_type_round_trips_through_a_model() {
     for case in &cases {
         let test = case["test"].as_str().expect("test name");
         let path = repo_root().join("tests/data/onnx-node").join(test).join("model.onnx");
-        grants.insert(test.to_owned(), Arc::new(Model::load(test, &path, &LoadOptions::default()).expect("the ONNX test model loads")));
+        grants.insert(
+            test.to_owned(),
+            Arc::new(Model::load(test, &path, &LoadOptions::default()).expect("the ONNX test model loads")),
+        );
     }
     let probe = node.program_granted(programs::TENSOR_PROBE, "tenant-types", grants, ModuleLimits::default());
 
     let mut types_seen = Vec::new();
     for case in &cases {
         let call = json!({ "model": case["test"], "inputs": case["inputs"] });
-        let answer = node.call_json(&probe, post(serde_json::to_vec(&call).expect("JSON"))).await;
+        let answer = node
+            .call_json(&probe, post(serde_json::to_vec(&call).expect("JSON")))
+            .await;
         let expected = &case["outputs"][0];
         let actual = &answer["outputs"][0];
         for field in ["name", "type", "dims", "data_hex"] {

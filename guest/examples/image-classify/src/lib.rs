@@ -30,12 +30,11 @@ struct Answer {
 fn handle(request: Request) -> Result<Response, Error> {
     let image = decode(&request.body)?;
     let input = to_input(&center_crop(&image));
-    let outputs = Model::load(MODEL)?
-        .run([("input", Tensor::from_slice(&[1, 3, CROP, CROP], &input))])?;
+    let outputs = Model::load(MODEL)?.run([("input", Tensor::from_slice(&[1, 3, CROP, CROP], &input))])?;
     let probabilities = softmax(&outputs.get("logits")?.to_vec::<f32>()?);
 
-    let labels: HashMap<usize, String> = serde_json::from_str(LABELS)
-        .map_err(|e| Error::internal(format!("the bundled label list is corrupt: {e}")))?;
+    let labels: HashMap<usize, String> =
+        serde_json::from_str(LABELS).map_err(|e| Error::internal(format!("the bundled label list is corrupt: {e}")))?;
     let mut ranked: Vec<(usize, f32)> = probabilities.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let top = ranked
@@ -54,9 +53,8 @@ fn decode(body: &[u8]) -> Result<RgbImage, Error> {
     if body.is_empty() {
         return Err(Error::invalid_input("the body is empty: send PNG or JPEG bytes"));
     }
-    let format = image::guess_format(body).map_err(|_| {
-        Error::unsupported_media_type("the body is neither a PNG nor a JPEG image")
-    })?;
+    let format = image::guess_format(body)
+        .map_err(|_| Error::unsupported_media_type("the body is neither a PNG nor a JPEG image"))?;
     match format {
         ImageFormat::Png => {}
         // A JPEG cut short still decodes into a partly grey picture; refuse it

@@ -53,14 +53,18 @@ fn settings() -> Result<Settings, Error> {
             .filter(|t| (0.0..1.0).contains(t))
             .ok_or_else(|| Error::internal(format!("config `threshold` is not in [0, 1): {value}")))?,
     };
-    Ok(Settings { threshold, min_speech_ms: 250, min_silence_ms: 100, pad_ms: 30 })
+    Ok(Settings {
+        threshold,
+        min_speech_ms: 250,
+        min_silence_ms: 100,
+        pad_ms: 30,
+    })
 }
 
 /// WAV bytes to mono 16 kHz samples in [-1, 1].
 fn decode(body: &[u8]) -> Result<Vec<f32>, Error> {
-    let reader = hound::WavReader::new(Cursor::new(body)).map_err(|e| {
-        Error::unsupported_media_type(format!("the body is not a readable WAV file: {e}"))
-    })?;
+    let reader = hound::WavReader::new(Cursor::new(body))
+        .map_err(|e| Error::unsupported_media_type(format!("the body is not a readable WAV file: {e}")))?;
     let spec = reader.spec();
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Float, 32) => reader.into_samples::<f32>().collect::<Result<_, _>>(),
@@ -100,10 +104,11 @@ fn resample(samples: Vec<f32>, rate: usize) -> Result<Vec<f32>, Error> {
         )));
     }
     let failed = |e: &dyn std::fmt::Display| Error::internal(format!("resampling failed: {e}"));
-    let mut resampler =
-        Fft::<f32>::new(rate, SAMPLE_RATE, 1024, 1, FixedSync::Input).map_err(|e| failed(&e))?;
+    let mut resampler = Fft::<f32>::new(rate, SAMPLE_RATE, 1024, 1, FixedSync::Input).map_err(|e| failed(&e))?;
     let input = InterleavedSlice::new(&samples, 1, samples.len()).map_err(|e| failed(&e))?;
-    let output = resampler.process_all(&input, samples.len(), None).map_err(|e| failed(&e))?;
+    let output = resampler
+        .process_all(&input, samples.len(), None)
+        .map_err(|e| failed(&e))?;
     Ok(output.take_data())
 }
 

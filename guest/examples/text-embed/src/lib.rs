@@ -21,7 +21,9 @@ struct Answer {
 fn handle(request: Request) -> Result<Response, Error> {
     let text = request.text()?;
     if text.trim().is_empty() {
-        return Err(Error::invalid_input("the body is empty: send the text to embed as UTF-8"));
+        return Err(Error::invalid_input(
+            "the body is empty: send the text to embed as UTF-8",
+        ));
     }
     let mut tokenizer = Tokenizer::from_bytes(TOKENIZER)
         .map_err(|e| Error::internal(format!("the bundled tokenizer is corrupt: {e}")))?;
@@ -36,7 +38,10 @@ fn handle(request: Request) -> Result<Response, Error> {
     let outputs = Model::load(MODEL)?.run([
         ("input_ids", Tensor::from_slice(&shape, &widen(encoding.get_ids()))),
         ("attention_mask", Tensor::from_slice(&shape, &mask)),
-        ("token_type_ids", Tensor::from_slice(&shape, &widen(encoding.get_type_ids()))),
+        (
+            "token_type_ids",
+            Tensor::from_slice(&shape, &widen(encoding.get_type_ids())),
+        ),
     ])?;
     let hidden = outputs.get("last_hidden_state")?.to_vec::<f32>()?;
     if hidden.len() != mask.len() * DIM {
@@ -46,7 +51,10 @@ fn handle(request: Request) -> Result<Response, Error> {
             mask.len()
         )));
     }
-    Response::json(&Answer { dim: DIM, embedding: normalize(mean_pool(&hidden, &mask)) })
+    Response::json(&Answer {
+        dim: DIM,
+        embedding: normalize(mean_pool(&hidden, &mask)),
+    })
 }
 
 /// Averages the token vectors whose mask is 1.
