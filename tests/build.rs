@@ -3,19 +3,10 @@
 
 include!("../guest/build_support.rs");
 
-const TEST_PROGRAMS: [&str; 7] = [
-    "echo",
-    "loop-forever",
-    "memory-bomb",
-    "nn-probe",
-    "sandbox-probe",
-    "sleep-forever",
-    "tensor-probe",
-];
+const TEST_PROGRAMS: [&str; 7] =
+    ["echo", "loop-forever", "memory-bomb", "nn-probe", "sandbox-probe", "sleep-forever", "tensor-probe"];
 
 fn main() {
     let paths = build_guests(&TEST_PROGRAMS);
-    write_constants("test_programs.rs", &TEST_PROGRAMS, &paths, |path| {
-        format!("&str = {path:?}")
-    });
+    write_constants("test_programs.rs", &TEST_PROGRAMS, &paths, |path| format!("&str = {path:?}"));
 }

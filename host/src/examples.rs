@@ -62,13 +62,7 @@ impl Example {
 
     /// How the example's model is prepared at load.
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            pinned_dims: self
-                .pinned_dims
-                .iter()
-                .map(|&(dim, size)| (dim.to_owned(), size))
-                .collect(),
-        }
+        LoadOptions { pinned_dims: self.pinned_dims.iter().map(|&(dim, size)| (dim.to_owned(), size)).collect() }
     }
 
     /// The module spec for this example, granted its model from `registry`.

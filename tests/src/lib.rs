@@ -16,9 +16,7 @@ pub mod programs {
 }
 
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repository")
 }
 
 pub fn models_dir() -> PathBuf {
@@ -33,13 +31,7 @@ pub fn sample(name: &str) -> Vec<u8> {
 
 /// A `POST /` request with `body`.
 pub fn post(body: impl Into<Vec<u8>>) -> Request {
-    Request {
-        method: "POST".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: Vec::new(),
-        body: body.into(),
-    }
+    Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body: body.into() }
 }
 
 /// One runtime and the example models, shared by all tests of the process.
@@ -58,26 +50,17 @@ pub fn node() -> &'static Node {
             .iter()
             .map(|example| {
                 let spec = example.spec(&models).expect("the example's model is loaded");
-                runtime
-                    .load_module(spec, example.wasm)
-                    .expect("the example module loads")
+                runtime.load_module(spec, example.wasm).expect("the example module loads")
             })
             .collect();
-        Node {
-            runtime,
-            models,
-            examples,
-        }
+        Node { runtime, models, examples }
     })
 }
 
 impl Node {
     /// The compiled example module `name` (`image-classify`, ...).
     pub fn example(&self, name: &str) -> &GuestModule {
-        self.examples
-            .iter()
-            .find(|m| m.id() == name)
-            .unwrap_or_else(|| panic!("no example module {name}"))
+        self.examples.iter().find(|m| m.id() == name).unwrap_or_else(|| panic!("no example module {name}"))
     }
 
     /// Compiles a test program as a module of `tenant`, granted the named
@@ -102,9 +85,7 @@ impl Node {
         limits: ModuleLimits,
     ) -> GuestModule {
         let wasm = std::fs::read(wasm_path).unwrap_or_else(|e| panic!("cannot read {wasm_path}: {e}"));
-        let id = Path::new(wasm_path)
-            .file_stem()
-            .map_or("program".into(), |s| s.to_string_lossy().into_owned());
+        let id = Path::new(wasm_path).file_stem().map_or("program".into(), |s| s.to_string_lossy().into_owned());
         let spec = ModuleSpec {
             id,
             tenant: tenant.to_owned(),
@@ -121,16 +102,8 @@ impl Node {
 
     /// Calls `module` and parses its 200 answer as JSON.
     pub async fn call_json(&self, module: &GuestModule, request: Request) -> serde_json::Value {
-        let response = self
-            .call(module, request)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", module.id()));
-        assert_eq!(
-            response.status,
-            200,
-            "body: {}",
-            String::from_utf8_lossy(&response.body)
-        );
+        let response = self.call(module, request).await.unwrap_or_else(|e| panic!("{}: {e}", module.id()));
+        assert_eq!(response.status, 200, "body: {}", String::from_utf8_lossy(&response.body));
         serde_json::from_slice(&response.body).expect("the answer is JSON")
     }
 }
@@ -144,10 +117,7 @@ pub fn mantle_binary() -> &'static Path {
     BINARY.get_or_init(|| {
         let test_exe = std::env::current_exe().expect("the test binary knows its path");
         // <target>/<profile>/deps/<test binary>
-        let profile_dir = test_exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("tests run from target/<profile>/deps");
+        let profile_dir = test_exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
         let target_dir = profile_dir.parent().expect("a target directory");
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev",
@@ -156,16 +126,7 @@ pub fn mantle_binary() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
             .current_dir(repo_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "mantle",
-                "--bin",
-                "mantle",
-                "--profile",
-                profile,
-            ])
+            .args(["build", "--quiet", "-p", "mantle", "--bin", "mantle", "--profile", profile])
             .arg("--target-dir")
             .arg(target_dir)
             .status()

@@ -8,10 +8,7 @@ use std::fmt::Display;
 impl Request {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_slice())
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_slice())
     }
 
     /// The first value of header `name`, if it is valid UTF-8.
@@ -34,11 +31,7 @@ impl Request {
 impl Response {
     /// A response with `status` and `body` and no headers.
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: body.into(),
-        }
+        Response { status, headers: Vec::new(), body: body.into() }
     }
 
     /// `200 OK` with `body`.

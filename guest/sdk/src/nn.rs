@@ -20,17 +20,11 @@ pub struct InferenceError {
 
 impl InferenceError {
     fn from_host(context: &str, error: errors::Error) -> Self {
-        InferenceError {
-            code: error.code(),
-            message: format!("{context}: {}", error.data()),
-        }
+        InferenceError { code: error.code(), message: format!("{context}: {}", error.data()) }
     }
 
     fn local(message: String) -> Self {
-        InferenceError {
-            code: ErrorCode::InvalidArgument,
-            message,
-        }
+        InferenceError { code: ErrorCode::InvalidArgument, message }
     }
 
     /// The error code as the WIT spells it (`invalid-argument`, `security`, ...).
@@ -74,10 +68,7 @@ impl Model {
     pub fn load(name: &str) -> Result<Self, InferenceError> {
         let graph =
             graph::load_by_name(name).map_err(|e| InferenceError::from_host(&format!("loading model `{name}`"), e))?;
-        Ok(Model {
-            name: name.to_owned(),
-            graph,
-        })
+        Ok(Model { name: name.to_owned(), graph })
     }
 
     /// A session for a series of runs, e.g. frame by frame.
@@ -86,10 +77,7 @@ impl Model {
             .graph
             .init_execution_context()
             .map_err(|e| InferenceError::from_host(&format!("starting a session on `{}`", self.name), e))?;
-        Ok(Session {
-            model: self.name.clone(),
-            context,
-        })
+        Ok(Session { model: self.name.clone(), context })
     }
 
     /// Runs the model once on named inputs.
@@ -119,10 +107,7 @@ impl Session {
             .context
             .compute(inputs)
             .map_err(|e| InferenceError::from_host(&format!("running `{}`", self.model), e))?;
-        Ok(Outputs {
-            model: self.model.clone(),
-            tensors: outputs,
-        })
+        Ok(Outputs { model: self.model.clone(), tensors: outputs })
     }
 }
 
@@ -135,20 +120,12 @@ pub struct Outputs {
 impl Outputs {
     /// The output called `name`.
     pub fn get(&self, name: &str) -> Result<&Tensor, InferenceError> {
-        self.tensors
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| self.missing(name))
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| self.missing(name))
     }
 
     /// Takes the output called `name`, e.g. to feed it into the next run.
     pub fn take(&mut self, name: &str) -> Result<Tensor, InferenceError> {
-        let index = self
-            .tensors
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| self.missing(name))?;
+        let index = self.tensors.iter().position(|(n, _)| n == name).ok_or_else(|| self.missing(name))?;
         Ok(self.tensors.swap_remove(index).1)
     }
 
@@ -159,10 +136,7 @@ impl Outputs {
 
     fn missing(&self, name: &str) -> InferenceError {
         let names: Vec<&str> = self.names().collect();
-        InferenceError::local(format!(
-            "model `{}` has no output `{name}` (it has {names:?})",
-            self.model
-        ))
+        InferenceError::local(format!("model `{}` has no output `{name}` (it has {names:?})", self.model))
     }
 }
 
@@ -220,10 +194,7 @@ impl Tensor {
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, InferenceError> {
         let ty = self.ty();
         if ty != T::TYPE {
-            return Err(InferenceError::local(format!(
-                "the tensor holds {ty:?}, not {:?}",
-                T::TYPE
-            )));
+            return Err(InferenceError::local(format!("the tensor holds {ty:?}, not {:?}", T::TYPE)));
         }
         Ok(self.data().chunks_exact(T::SIZE).map(T::get).collect())
     }

@@ -18,11 +18,7 @@ pub struct DemoArgs {
     models_dir: PathBuf,
 }
 
-const SENTENCES: [&str; 3] = [
-    "A cat sits on the mat",
-    "A kitten is resting on a rug",
-    "Quarterly revenue grew by 4%",
-];
+const SENTENCES: [&str; 3] = ["A cat sits on the mat", "A kitten is resting on a rug", "Quarterly revenue grew by 4%"];
 
 pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let dir = &args.models_dir;
@@ -40,34 +36,20 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         let spec = example.spec(&registry).context("an example's model did not load")?;
         modules.push(runtime.load_module(spec, example.wasm)?);
     }
-    println!(
-        "mantle demo: {} example guests and their models loaded in {:.2?}\n",
-        modules.len(),
-        started.elapsed()
-    );
+    println!("mantle demo: {} example guests and their models loaded in {:.2?}\n", modules.len(), started.elapsed());
     let [image, text, speech] = &modules[..] else {
         unreachable!("EXAMPLES has three entries");
     };
 
     for sample in ["chelsea.png", "coffee.png"] {
-        let answer = call(
-            &runtime,
-            image,
-            std::fs::read(dir.join("samples").join(sample)).context("reading a sample")?,
-        )
-        .await?;
+        let answer =
+            call(&runtime, image, std::fs::read(dir.join("samples").join(sample)).context("reading a sample")?).await?;
         let top: Vec<String> = answer["top"]
             .as_array()
             .into_iter()
             .flatten()
             .take(3)
-            .map(|c| {
-                format!(
-                    "{} {:.3}",
-                    c["label"].as_str().unwrap_or("?"),
-                    c["score"].as_f64().unwrap_or(0.0)
-                )
-            })
+            .map(|c| format!("{} {:.3}", c["label"].as_str().unwrap_or("?"), c["score"].as_f64().unwrap_or(0.0)))
             .collect();
         println!("  image-classify  {sample:<12} -> {}", top.join(", "));
     }
@@ -75,52 +57,28 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     let mut embeddings = Vec::new();
     for sentence in SENTENCES {
         let answer = call(&runtime, text, sentence.as_bytes().to_vec()).await?;
-        let vector: Vec<f64> = answer["embedding"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_f64)
-            .collect();
+        let vector: Vec<f64> = answer["embedding"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
         embeddings.push(vector);
     }
     for other in 1..SENTENCES.len() {
         let cosine: f64 = embeddings[0].iter().zip(&embeddings[other]).map(|(a, b)| a * b).sum();
-        println!(
-            "  text-embed      cos({:?}, {:?}) = {cosine:.3}",
-            SENTENCES[0], SENTENCES[other]
-        );
+        println!("  text-embed      cos({:?}, {:?}) = {cosine:.3}", SENTENCES[0], SENTENCES[other]);
     }
 
-    let answer = call(
-        &runtime,
-        speech,
-        std::fs::read(dir.join("samples/speech.wav")).context("reading a sample")?,
-    )
-    .await?;
+    let answer =
+        call(&runtime, speech, std::fs::read(dir.join("samples/speech.wav")).context("reading a sample")?).await?;
     println!("  speech-detect   speech.wav   -> {}", answer["segments"]);
     println!("\nEach line is one request through a fresh sandboxed guest instance.");
     Ok(())
 }
 
 async fn call(runtime: &Runtime, module: &GuestModule, body: Vec<u8>) -> Result<Value, Failure> {
-    let request = Request {
-        method: "POST".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: Vec::new(),
-        body,
-    };
+    let request = Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body };
     let started = Instant::now();
-    let response = runtime
-        .handle(module, request, "demo")
-        .await
-        .map_err(|e| Failure::Guest(format!("{}: {e}", module.id())))?;
+    let response =
+        runtime.handle(module, request, "demo").await.map_err(|e| Failure::Guest(format!("{}: {e}", module.id())))?;
     tracing::info!(module = %module.id(), elapsed = ?started.elapsed(), "answered {}", response.status);
     serde_json::from_slice(&response.body).map_err(|e| {
-        Failure::Guest(format!(
-            "{} answered {} with a body that is not JSON: {e}",
-            module.id(),
-            response.status
-        ))
+        Failure::Guest(format!("{} answered {} with a body that is not JSON: {e}", module.id(), response.status))
     })
 }

@@ -80,29 +80,18 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         id: module_name(&args.module),
         tenant: "local".to_owned(),
         grants,
-        limits: ModuleLimits {
-            memory_bytes,
-            deadline: Duration::from_millis(args.timeout_ms),
-        },
+        limits: ModuleLimits { memory_bytes, deadline: Duration::from_millis(args.timeout_ms) },
         config: args.config.into_iter().collect(),
     };
 
-    let runtime = Runtime::new(&RuntimeConfig {
-        max_instances: 4,
-        inference_threads: None,
-    })?;
-    let module = runtime
-        .load_module(spec, &wasm)
-        .with_context(|| format!("cannot load module {}", args.module.display()))?;
+    let runtime = Runtime::new(&RuntimeConfig { max_instances: 4, inference_threads: None })?;
+    let module =
+        runtime.load_module(spec, &wasm).with_context(|| format!("cannot load module {}", args.module.display()))?;
     let request = Request {
         method: args.method,
         path: args.path,
         query: String::new(),
-        headers: args
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.into_bytes()))
-            .collect(),
+        headers: args.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v.into_bytes())).collect(),
         body,
     };
     let request_id = format!("run-{}", std::process::id());
@@ -132,16 +121,13 @@ fn pinned_dim(text: &str) -> Result<(String, String, usize), String> {
 }
 
 fn module_name(path: &std::path::Path) -> String {
-    path.file_stem()
-        .map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
+    path.file_stem().map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
 }
 
 fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
     if input == "-" {
         let mut body = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut body)
-            .context("cannot read the request body from stdin")?;
+        std::io::stdin().read_to_end(&mut body).context("cannot read the request body from stdin")?;
         Ok(body)
     } else {
         std::fs::read(input).with_context(|| format!("cannot read input {input}"))
@@ -151,10 +137,7 @@ fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
 fn write_output(output: &str, body: &[u8]) -> anyhow::Result<()> {
     if output == "-" {
         let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(body)
-            .and_then(|()| stdout.flush())
-            .context("cannot write the response to stdout")
+        stdout.write_all(body).and_then(|()| stdout.flush()).context("cannot write the response to stdout")
     } else {
         std::fs::write(output, body).with_context(|| format!("cannot write output {output}"))
     }

@@ -20,17 +20,9 @@ use tract_onnx::prelude::*;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read model `{name}` from {}", path.display())]
-    Read {
-        name: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { name: String, path: PathBuf, source: std::io::Error },
     #[error("cannot load model `{name}` from {}: {message}", path.display())]
-    Parse {
-        name: String,
-        path: PathBuf,
-        message: String,
-    },
+    Parse { name: String, path: PathBuf, message: String },
     #[error("model `{name}`: {message}")]
     Unsupported { name: String, message: String },
 }
@@ -108,11 +100,7 @@ impl Model {
             source,
         })?;
         Self::from_bytes(name, &bytes, options).map_err(|e| match e {
-            LoadError::Parse { name, message, .. } => LoadError::Parse {
-                name,
-                path: path.to_owned(),
-                message,
-            },
+            LoadError::Parse { name, message, .. } => LoadError::Parse { name, path: path.to_owned(), message },
             other => other,
         })
     }
@@ -135,20 +123,12 @@ impl Model {
             .map_err(|e| parse("listing outputs", e))?
             .iter()
             .map(|outlet| {
-                typed
-                    .outlet_label(*outlet)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| typed.node(outlet.node).name.clone())
+                typed.outlet_label(*outlet).map(str::to_owned).unwrap_or_else(|| typed.node(outlet.node).name.clone())
             })
             .collect();
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
-        Ok(Model {
-            name: name.to_owned(),
-            plan,
-            inputs,
-            outputs,
-        })
+        Ok(Model { name: name.to_owned(), plan, inputs, outputs })
     }
 
     pub fn name(&self) -> &str {
@@ -196,9 +176,7 @@ impl Model {
                     spec.name, spec.element_type, tensor.element_type
                 ));
             }
-            tensor
-                .check_data_len()
-                .map_err(|m| RunError::InvalidInput(format!("input `{}`: {m}", spec.name)))?;
+            tensor.check_data_len().map_err(|m| RunError::InvalidInput(format!("input `{}`: {m}", spec.name)))?;
             let expected = || {
                 let dims: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
                 format!("[{}]", dims.join(", "))
@@ -246,10 +224,7 @@ impl Model {
             };
             ordered.push(tensor.into_tract().map_err(RunError::InvalidInput)?.into_tvalue());
         }
-        let failed = |message: String| RunError::Failed {
-            model: self.name.clone(),
-            message,
-        };
+        let failed = |message: String| RunError::Failed { model: self.name.clone(), message };
         let outputs = self.plan.run(ordered).map_err(|e| failed(format!("{e:#}")))?;
         self.outputs
             .iter()
@@ -281,11 +256,7 @@ fn pin_dims(name: &str, model: TypedModel, pinned: &BTreeMap<String, usize>) -> 
                 .flatten()
                 .filter_map(|outlet| model.outlet_fact(*outlet).ok())
                 .flat_map(|fact| {
-                    fact.shape
-                        .iter()
-                        .filter(|d| d.to_i64().is_err())
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
+                    fact.shape.iter().filter(|d| d.to_i64().is_err()).map(|d| d.to_string()).collect::<Vec<_>>()
                 })
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -308,10 +279,7 @@ fn pin_dims(name: &str, model: TypedModel, pinned: &BTreeMap<String, usize>) -> 
 }
 
 fn describe_inputs(name: &str, model: &TypedModel) -> Result<Vec<InputSpec>, LoadError> {
-    let unsupported = |message: String| LoadError::Unsupported {
-        name: name.to_owned(),
-        message,
-    };
+    let unsupported = |message: String| LoadError::Unsupported { name: name.to_owned(), message };
     model
         .input_outlets()
         .map_err(|e| unsupported(format!("{e:#}")))?
@@ -328,18 +296,12 @@ fn describe_inputs(name: &str, model: &TypedModel) -> Result<Vec<InputSpec>, Loa
             let shape = fact
                 .shape
                 .iter()
-                .map(
-                    |dim| match dim.to_i64().ok().and_then(|n| usize::try_from(n).ok()).ok_or(()) {
-                        Ok(n) => Dim::Fixed(n),
-                        Err(_) => Dim::Symbol(dim.to_string()),
-                    },
-                )
+                .map(|dim| match dim.to_i64().ok().and_then(|n| usize::try_from(n).ok()).ok_or(()) {
+                    Ok(n) => Dim::Fixed(n),
+                    Err(_) => Dim::Symbol(dim.to_string()),
+                })
                 .collect();
-            Ok(InputSpec {
-                name: input_name,
-                element_type,
-                shape,
-            })
+            Ok(InputSpec { name: input_name, element_type, shape })
         })
         .collect()
 }

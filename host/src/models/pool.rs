@@ -19,9 +19,7 @@ pub struct InferencePool {
 impl InferencePool {
     /// A pool with `threads` workers; `None` means one per core.
     pub fn new(threads: Option<usize>) -> Result<Self, PoolError> {
-        let threads = threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
-            .max(1);
+        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("mantle-infer-{i}"))

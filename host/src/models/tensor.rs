@@ -107,17 +107,9 @@ impl HostTensor {
     }
 
     pub(crate) fn from_tract(tensor: &Tensor) -> Result<HostTensor, String> {
-        let element_type = ElementType::from_datum_type(tensor.datum_type()).ok_or_else(|| {
-            format!(
-                "element type {:?} cannot be returned through wasi:nn",
-                tensor.datum_type()
-            )
-        })?;
-        Ok(HostTensor {
-            element_type,
-            shape: tensor.shape().to_vec(),
-            data: tensor.as_bytes().to_vec(),
-        })
+        let element_type = ElementType::from_datum_type(tensor.datum_type())
+            .ok_or_else(|| format!("element type {:?} cannot be returned through wasi:nn", tensor.datum_type()))?;
+        Ok(HostTensor { element_type, shape: tensor.shape().to_vec(), data: tensor.as_bytes().to_vec() })
     }
 }
 
@@ -127,17 +119,10 @@ mod tests {
 
     #[test]
     fn data_length_is_checked_without_overflow() {
-        assert_eq!(
-            HostTensor::expected_len(ElementType::F32, &[1, 3, 224, 224]),
-            Ok(602_112)
-        );
+        assert_eq!(HostTensor::expected_len(ElementType::F32, &[1, 3, 224, 224]), Ok(602_112));
         assert_eq!(HostTensor::expected_len(ElementType::U8, &[]), Ok(1));
         assert!(HostTensor::expected_len(ElementType::I64, &[usize::MAX, 2]).is_err());
-        let short = HostTensor {
-            element_type: ElementType::F16,
-            shape: vec![2, 2],
-            data: vec![0; 6],
-        };
+        let short = HostTensor { element_type: ElementType::F16, shape: vec![2, 2], data: vec![0; 6] };
         assert!(short.check_data_len().is_err_and(|m| m.contains("needs 8 bytes")));
     }
 
@@ -152,11 +137,7 @@ mod tests {
             (ElementType::I64, 8),
         ] {
             let data: Vec<u8> = (0..6 * size).map(|i| (i * 7 % 251) as u8).collect();
-            let tensor = HostTensor {
-                element_type,
-                shape: vec![2, 3],
-                data,
-            };
+            let tensor = HostTensor { element_type, shape: vec![2, 3], data };
             let back = HostTensor::from_tract(&tensor.clone().into_tract().expect("converts")).expect("converts back");
             assert_eq!(back, tensor, "{element_type}");
         }

@@ -67,11 +67,7 @@ pub(crate) struct NnCtx {
 
 impl NnCtx {
     pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>) -> Self {
-        NnCtx {
-            grants,
-            pool,
-            inference_time: Duration::ZERO,
-        }
+        NnCtx { grants, pool, inference_time: Duration::ZERO }
     }
 }
 
@@ -138,10 +134,7 @@ impl graph::Host for NnView<'_> {
             }
             // The same answer whether or not the model exists elsewhere on
             // the node: a guest learns nothing about other tenants' models.
-            None => self.fail(
-                ErrorCode::Security,
-                format!("model `{name}` is not granted to this module"),
-            ),
+            None => self.fail(ErrorCode::Security, format!("model `{name}` is not granted to this module")),
         }
     }
 }
@@ -267,10 +260,7 @@ fn element_type(ty: TensorType) -> Result<ElementType, (ErrorCode, String)> {
         TensorType::I32 => ElementType::I32,
         TensorType::I64 => ElementType::I64,
         TensorType::Bf16 => {
-            return Err((
-                ErrorCode::UnsupportedOperation,
-                "BF16 tensors are not supported".to_owned(),
-            ));
+            return Err((ErrorCode::UnsupportedOperation, "BF16 tensors are not supported".to_owned()));
         }
     })
 }
@@ -289,11 +279,7 @@ fn tensor_type(element_type: ElementType) -> TensorType {
 fn to_host(tensor: NnTensor) -> Result<HostTensor, (ErrorCode, String)> {
     let element_type = element_type(tensor.ty)?;
     let shape: Vec<usize> = tensor.dimensions.iter().map(|&d| d as usize).collect();
-    Ok(HostTensor {
-        element_type,
-        shape,
-        data: tensor.data,
-    })
+    Ok(HostTensor { element_type, shape, data: tensor.data })
 }
 
 fn from_host(tensor: HostTensor) -> Result<NnTensor, String> {
@@ -302,9 +288,5 @@ fn from_host(tensor: HostTensor) -> Result<NnTensor, String> {
         .iter()
         .map(|&d| u32::try_from(d).map_err(|_| format!("dimension {d} does not fit wasi:nn's u32")))
         .collect::<Result<_, _>>()?;
-    Ok(NnTensor {
-        dimensions,
-        ty: tensor_type(tensor.element_type),
-        data: tensor.data,
-    })
+    Ok(NnTensor { dimensions, ty: tensor_type(tensor.element_type), data: tensor.data })
 }

@@ -47,11 +47,7 @@ impl LineBuffer {
 
     fn emit(&self, line: &[u8]) {
         let line = printable(&String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]));
-        let LogTags {
-            tenant,
-            module,
-            request_id,
-        } = &self.tags;
+        let LogTags { tenant, module, request_id } = &self.tags;
         tracing::info!(
             target: "mantle::guest",
             %tenant, %module, %request_id, stream = self.stream,
@@ -67,11 +63,7 @@ impl Drop for LineBuffer {
             self.emit(&line);
         }
         if self.dropped > 0 {
-            let LogTags {
-                tenant,
-                module,
-                request_id,
-            } = &self.tags;
+            let LogTags { tenant, module, request_id } = &self.tags;
             tracing::warn!(
                 target: "mantle::guest",
                 %tenant, %module, %request_id, stream = self.stream,
@@ -98,16 +90,8 @@ pub(crate) struct GuestLog {
 
 impl GuestLog {
     pub(crate) fn new(tags: LogTags, stream: &'static str) -> Self {
-        let buffer = LineBuffer {
-            tags,
-            stream,
-            pending: Vec::new(),
-            logged: 0,
-            dropped: 0,
-        };
-        GuestLog {
-            buffer: Arc::new(Mutex::new(buffer)),
-        }
+        let buffer = LineBuffer { tags, stream, pending: Vec::new(), logged: 0, dropped: 0 };
+        GuestLog { buffer: Arc::new(Mutex::new(buffer)) }
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -183,11 +167,7 @@ mod tests {
     use super::*;
 
     fn tags() -> LogTags {
-        LogTags {
-            tenant: Arc::from("t"),
-            module: Arc::from("m"),
-            request_id: Arc::from("r"),
-        }
+        LogTags { tenant: Arc::from("t"), module: Arc::from("m"), request_id: Arc::from("r") }
     }
 
     #[test]
@@ -212,10 +192,7 @@ mod tests {
 
     #[test]
     fn control_characters_cannot_forge_log_lines() {
-        assert_eq!(
-            printable("ok\u{1b}[31m red\rINFO fake"),
-            "ok\u{FFFD}[31m red\u{FFFD}INFO fake"
-        );
+        assert_eq!(printable("ok\u{1b}[31m red\rINFO fake"), "ok\u{FFFD}[31m red\u{FFFD}INFO fake");
         assert_eq!(printable("tabs\tstay\r\n"), "tabs\tstay");
     }
 }

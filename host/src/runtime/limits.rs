@@ -36,10 +36,7 @@ impl ModuleLimits {
 
 impl Default for ModuleLimits {
     fn default() -> Self {
-        ModuleLimits {
-            memory_bytes: 256 << 20,
-            deadline: Duration::from_secs(10),
-        }
+        ModuleLimits { memory_bytes: 256 << 20, deadline: Duration::from_secs(10) }
     }
 }
 
@@ -56,10 +53,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl GuestLimiter {
     pub(crate) fn new(memory_bytes: usize) -> Self {
-        GuestLimiter {
-            memory_bytes,
-            refused_growth: None,
-        }
+        GuestLimiter { memory_bytes, refused_growth: None }
     }
 }
 
@@ -86,20 +80,11 @@ mod tests {
     #[test]
     fn defaults_are_usable_and_extremes_are_refused() {
         assert_eq!(ModuleLimits::default().validate(), Ok(()));
-        let too_small = ModuleLimits {
-            memory_bytes: 4096,
-            ..Default::default()
-        };
+        let too_small = ModuleLimits { memory_bytes: 4096, ..Default::default() };
         assert!(too_small.validate().is_err_and(|m| m.contains("memory limit")));
-        let too_large = ModuleLimits {
-            memory_bytes: ModuleLimits::MAX_MEMORY_BYTES + 1,
-            ..Default::default()
-        };
+        let too_large = ModuleLimits { memory_bytes: ModuleLimits::MAX_MEMORY_BYTES + 1, ..Default::default() };
         assert!(too_large.validate().is_err());
-        let no_time = ModuleLimits {
-            deadline: Duration::ZERO,
-            ..Default::default()
-        };
+        let no_time = ModuleLimits { deadline: Duration::ZERO, ..Default::default() };
         assert!(no_time.validate().is_err_and(|m| m.contains("deadline")));
     }
 

@@ -39,10 +39,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            max_instances: 256,
-            inference_threads: None,
-        }
+        RuntimeConfig { max_instances: 256, inference_threads: None }
     }
 }
 
@@ -161,34 +158,18 @@ impl Runtime {
         let ticking = Arc::new(AtomicBool::new(true));
         spawn_epoch_ticker(engine.clone(), Arc::clone(&ticking))?;
         let pool = Arc::new(InferencePool::new(config.inference_threads)?);
-        Ok(Runtime {
-            engine,
-            linker,
-            pool,
-            ticking,
-        })
+        Ok(Runtime { engine, linker, pool, ticking })
     }
 
     /// Compiles `wasm` and checks it against the world. Compiling takes
     /// from milliseconds to seconds: do it once per module, not per request.
     pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
         let module = spec.id.clone();
-        spec.limits.validate().map_err(|message| SetupError::Limits {
-            module: module.clone(),
-            message,
-        })?;
-        check_component_header(wasm).map_err(|message| SetupError::Compile {
-            module: module.clone(),
-            message,
-        })?;
-        let component = Component::new(&self.engine, wasm).map_err(|e| SetupError::Compile {
-            module: module.clone(),
-            message: format!("{e:#}"),
-        })?;
-        let world = |e: wasmtime::Error| SetupError::World {
-            module: module.clone(),
-            message: format!("{e:#}"),
-        };
+        spec.limits.validate().map_err(|message| SetupError::Limits { module: module.clone(), message })?;
+        check_component_header(wasm).map_err(|message| SetupError::Compile { module: module.clone(), message })?;
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| SetupError::Compile { module: module.clone(), message: format!("{e:#}") })?;
+        let world = |e: wasmtime::Error| SetupError::World { module: module.clone(), message: format!("{e:#}") };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = GuestPre::new(instance_pre).map_err(world)?;
         Ok(GuestModule {
@@ -338,10 +319,7 @@ fn classify_trap(error: &wasmtime::Error, state: &GuestState, limits: &ModuleLim
         return HandleError::Deadline(limits.deadline);
     }
     if let Some(wanted) = state.limiter.refused_growth {
-        return HandleError::MemoryLimit {
-            limit: limits.memory_bytes,
-            wanted,
-        };
+        return HandleError::MemoryLimit { limit: limits.memory_bytes, wanted };
     }
     HandleError::Trap(format!("{error:?} (after {elapsed:?})"))
 }

@@ -22,10 +22,7 @@ pub(crate) struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -52,11 +49,7 @@ impl context::Host for GuestState {
             Some((cut, _)) => &message[..cut],
             None => &message,
         });
-        let LogTags {
-            tenant,
-            module,
-            request_id,
-        } = &self.tags;
+        let LogTags { tenant, module, request_id } = &self.tags;
         macro_rules! emit {
             ($level:ident) => {
                 tracing::$level!(target: "mantle::guest", %tenant, %module, %request_id, "{message}")

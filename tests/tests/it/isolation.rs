@@ -13,56 +13,30 @@ async fn next_request_succeeds(node: &Node) {
     assert_eq!(answer["body_len"], 10);
 }
 
-#[tokio::test]
-async fn a_looping_guest_is_stopped_by_its_deadline() {
+/// Calls `program` with a short deadline and checks that the deadline, and
+/// nothing else, ended the call with a 504.
+async fn assert_stopped_by_deadline(program: &str) {
     let node = node();
     let deadline = Duration::from_millis(300);
-    let looping = node.program(
-        programs::LOOP_FOREVER,
-        "tenant-a",
-        &[],
-        ModuleLimits {
-            deadline,
-            ..Default::default()
-        },
-    );
+    let module = node.program(program, "tenant-a", &[], ModuleLimits { deadline, ..Default::default() });
     let started = Instant::now();
-    let error = node
-        .call(&looping, post(Vec::new()))
-        .await
-        .expect_err("a loop never answers");
-    assert!(matches!(error, HandleError::Deadline(d) if d == deadline), "{error:?}");
+    let error = node.call(&module, post(Vec::new())).await.expect_err("it never answers");
+    assert!(matches!(error, HandleError::Deadline(d) if d == deadline), "{program}: {error:?}");
     assert_eq!(error.status(), 504);
     assert!(error.to_string().contains("deadline"), "{error}");
     // Generous: this proves the call ended, not how fast.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "stopped after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped after {:?}", started.elapsed());
     next_request_succeeds(node).await;
 }
 
 #[tokio::test]
+async fn a_looping_guest_is_stopped_by_its_deadline() {
+    assert_stopped_by_deadline(programs::LOOP_FOREVER).await;
+}
+
+#[tokio::test]
 async fn a_sleeping_guest_is_stopped_by_its_deadline() {
-    let node = node();
-    let deadline = Duration::from_millis(300);
-    let sleeper = node.program(
-        programs::SLEEP_FOREVER,
-        "tenant-a",
-        &[],
-        ModuleLimits {
-            deadline,
-            ..Default::default()
-        },
-    );
-    let error = node
-        .call(&sleeper, post(Vec::new()))
-        .await
-        .expect_err("a sleeper never answers");
-    assert!(matches!(error, HandleError::Deadline(d) if d == deadline), "{error:?}");
-    assert_eq!(error.status(), 504);
-    next_request_succeeds(node).await;
+    assert_stopped_by_deadline(programs::SLEEP_FOREVER).await;
 }
 
 /// On a single-threaded executor, a looping guest still lets another
@@ -74,10 +48,7 @@ async fn a_looping_guest_does_not_hold_up_others_on_its_thread() {
         programs::LOOP_FOREVER,
         "tenant-a",
         &[],
-        ModuleLimits {
-            deadline: Duration::from_secs(3),
-            ..Default::default()
-        },
+        ModuleLimits { deadline: Duration::from_secs(3), ..Default::default() },
     );
     let echo = node.program(programs::ECHO, "tenant-b", &[], ModuleLimits::default());
     let finished = std::sync::Mutex::new(Vec::new());
@@ -101,19 +72,9 @@ async fn a_looping_guest_does_not_hold_up_others_on_its_thread() {
 async fn a_memory_bomb_traps_at_its_cap() {
     let node = node();
     let cap = 32 << 20;
-    let bomb = node.program(
-        programs::MEMORY_BOMB,
-        "tenant-a",
-        &[],
-        ModuleLimits {
-            memory_bytes: cap,
-            ..Default::default()
-        },
-    );
-    let error = node
-        .call(&bomb, post(Vec::new()))
-        .await
-        .expect_err("the bomb is stopped");
+    let bomb =
+        node.program(programs::MEMORY_BOMB, "tenant-a", &[], ModuleLimits { memory_bytes: cap, ..Default::default() });
+    let error = node.call(&bomb, post(Vec::new())).await.expect_err("the bomb is stopped");
     match &error {
         HandleError::MemoryLimit { limit, wanted } => {
             assert_eq!(*limit, cap);
@@ -127,12 +88,8 @@ async fn a_memory_bomb_traps_at_its_cap() {
 }
 
 async fn probe(node: &Node, path: &str, body: Vec<u8>) -> Value {
-    let prober = node.program(
-        programs::NN_PROBE,
-        "tenant-a",
-        &["efficientnet-lite0", "minilm-l6"],
-        ModuleLimits::default(),
-    );
+    let prober =
+        node.program(programs::NN_PROBE, "tenant-a", &["efficientnet-lite0", "minilm-l6"], ModuleLimits::default());
     let mut request = post(body);
     request.path = path.to_owned();
     node.call_json(&prober, request).await
@@ -144,12 +101,7 @@ async fn only_granted_models_can_be_loaded() {
     let granted = probe(node, "/load-by-name", b"efficientnet-lite0".to_vec()).await;
     assert_eq!(granted["loaded"], true, "{granted}");
 
-    for name in [
-        "silero-vad",
-        "efficientnet-lite0@2",
-        "../minilm-l6/model.onnx",
-        "/etc/passwd",
-    ] {
+    for name in ["silero-vad", "efficientnet-lite0@2", "../minilm-l6/model.onnx", "/etc/passwd"] {
         let refused = probe(node, "/load-by-name", name.as_bytes().to_vec()).await;
         assert_eq!(refused["loaded"], false, "{name}: {refused}");
         assert_eq!(refused["code"], "security", "{name}: {refused}");
@@ -166,11 +118,7 @@ async fn wrong_inputs_are_invalid_arguments_that_name_the_input() {
     let right = probe(node, "/compute/right", Vec::new()).await;
     assert_eq!(right["loaded"], true, "a well-formed input runs: {right}");
     let cases = [
-        (
-            "wrong-shape",
-            "invalid-argument",
-            &["`input`", "[1, 3, 224, 224]", "[1, 3, 100, 100]"][..],
-        ),
+        ("wrong-shape", "invalid-argument", &["`input`", "[1, 3, 224, 224]", "[1, 3, 100, 100]"][..]),
         ("wrong-rank", "invalid-argument", &["`input`", "[3, 224, 224]"]),
         ("wrong-type", "invalid-argument", &["`input`", "FP32", "I64"]),
         ("wrong-name", "invalid-argument", &["`pixels`", "`input`"]),
@@ -178,11 +126,7 @@ async fn wrong_inputs_are_invalid_arguments_that_name_the_input() {
         ("short-data", "invalid-argument", &["`input`", "602112 bytes", "12"]),
         ("overflowing-shape", "invalid-argument", &["`input`", "too large"]),
         ("bf16", "unsupported-operation", &["`input`", "BF16"]),
-        (
-            "sequence-mismatch",
-            "invalid-argument",
-            &["`attention_mask`", "`sequence` is 5 in another input"],
-        ),
+        ("sequence-mismatch", "invalid-argument", &["`attention_mask`", "`sequence` is 5 in another input"]),
     ];
     for (case, code, needles) in cases {
         let outcome = probe(node, &format!("/compute/{case}"), Vec::new()).await;
@@ -210,27 +154,11 @@ async fn a_guest_finds_no_files_environment_arguments_or_network() {
     let node = node();
     let prober = node.program(programs::SANDBOX_PROBE, "tenant-a", &[], ModuleLimits::default());
     let findings = node.call_json(&prober, post(Vec::new())).await;
-    for (path, outcome) in findings["reads"]
-        .as_array()
-        .expect("reads")
-        .iter()
-        .map(|r| (&r[0], &r[1]))
-    {
-        assert!(
-            outcome.as_str().is_some_and(|o| o.starts_with("error")),
-            "{path} was readable: {outcome}"
-        );
+    for (path, outcome) in findings["reads"].as_array().expect("reads").iter().map(|r| (&r[0], &r[1])) {
+        assert!(outcome.as_str().is_some_and(|o| o.starts_with("error")), "{path} was readable: {outcome}");
     }
-    for (path, outcome) in findings["listings"]
-        .as_array()
-        .expect("listings")
-        .iter()
-        .map(|r| (&r[0], &r[1]))
-    {
-        assert!(
-            outcome.as_str().is_some_and(|o| o.starts_with("error")),
-            "{path} was listable: {outcome}"
-        );
+    for (path, outcome) in findings["listings"].as_array().expect("listings").iter().map(|r| (&r[0], &r[1])) {
+        assert!(outcome.as_str().is_some_and(|o| o.starts_with("error")), "{path} was listable: {outcome}");
     }
     for kind in ["connections", "lookups"] {
         let attempts = findings[kind].as_array().expect("attempts");
@@ -274,9 +202,6 @@ async fn every_request_gets_a_fresh_instance() {
     let echo = node.program(programs::ECHO, "tenant-c", &[], ModuleLimits::default());
     for _ in 0..3 {
         let answer = node.call_json(&echo, post(Vec::new())).await;
-        assert_eq!(
-            answer["calls_in_this_instance"], 1,
-            "state leaked between requests: {answer}"
-        );
+        assert_eq!(answer["calls_in_this_instance"], 1, "state leaked between requests: {answer}");
     }
 }

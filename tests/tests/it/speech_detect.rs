@@ -8,10 +8,7 @@ use std::io::Cursor;
 fn padded_speech() -> (Vec<u8>, u64, u64) {
     let mut reader = hound::WavReader::new(Cursor::new(sample("speech.wav"))).expect("a WAV sample");
     let spec = reader.spec();
-    let speech: Vec<i16> = reader
-        .samples::<i16>()
-        .collect::<Result<_, _>>()
-        .expect("16-bit samples");
+    let speech: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().expect("16-bit samples");
     let rate = spec.sample_rate as usize;
     let silence = vec![0i16; rate];
     let mut out = Cursor::new(Vec::new());
@@ -41,10 +38,7 @@ async fn speech_is_found_between_the_silences() {
             "{segment} lies within the speech ({speech_start}..{speech_end} ms) ± 200 ms"
         );
         let inside_padding = end <= speech_start || start >= speech_end;
-        assert!(
-            !inside_padding && end <= total_ms,
-            "{segment} is not in the silent padding"
-        );
+        assert!(!inside_padding && end <= total_ms, "{segment} is not in the silent padding");
     }
 }
 
@@ -52,10 +46,7 @@ async fn speech_is_found_between_the_silences() {
 async fn a_body_that_is_not_wav_is_refused() {
     let node = node();
     let error = node
-        .call(
-            node.example("speech-detect"),
-            post(b"RIFF\x04\x00\x00\x00junk".to_vec()),
-        )
+        .call(node.example("speech-detect"), post(b"RIFF\x04\x00\x00\x00junk".to_vec()))
         .await
         .expect_err("refused");
     assert_eq!(error.status(), 415, "{error}");

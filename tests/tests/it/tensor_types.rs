@@ -33,9 +33,7 @@ async fn each_tensor_type_round_trips_through_a_model() {
     let mut types_seen = Vec::new();
     for case in &cases {
         let call = json!({ "model": case["test"], "inputs": case["inputs"] });
-        let answer = node
-            .call_json(&probe, post(serde_json::to_vec(&call).expect("JSON")))
-            .await;
+        let answer = node.call_json(&probe, post(serde_json::to_vec(&call).expect("JSON"))).await;
         let expected = &case["outputs"][0];
         let actual = &answer["outputs"][0];
         for field in ["name", "type", "dims", "data_hex"] {

@@ -5,16 +5,9 @@ use serde_json::Value;
 
 async fn embed(text: &str) -> Vec<f64> {
     let node = node();
-    let answer = node
-        .call_json(node.example("text-embed"), post(text.as_bytes().to_vec()))
-        .await;
+    let answer = node.call_json(node.example("text-embed"), post(text.as_bytes().to_vec())).await;
     assert_eq!(answer["dim"], 384);
-    answer["embedding"]
-        .as_array()
-        .expect("an embedding")
-        .iter()
-        .map(|x| x.as_f64().expect("a number"))
-        .collect()
+    answer["embedding"].as_array().expect("an embedding").iter().map(|x| x.as_f64().expect("a number")).collect()
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
@@ -49,18 +42,10 @@ async fn embeddings_match_the_onnxruntime_reference() {
     assert!(references.len() >= 3);
     for case in references {
         let text = case["text"].as_str().expect("text");
-        let expected: Vec<f64> = case["embedding"]
-            .as_array()
-            .expect("embedding")
-            .iter()
-            .filter_map(Value::as_f64)
-            .collect();
+        let expected: Vec<f64> =
+            case["embedding"].as_array().expect("embedding").iter().filter_map(Value::as_f64).collect();
         let actual = embed(text).await;
-        let worst = actual
-            .iter()
-            .zip(&expected)
-            .map(|(a, e)| (a - e).abs())
-            .fold(0.0, f64::max);
+        let worst = actual.iter().zip(&expected).map(|(a, e)| (a - e).abs()).fold(0.0, f64::max);
         assert!(worst <= 1e-3, "{text:?}: largest difference {worst}");
     }
 }
@@ -68,15 +53,9 @@ async fn embeddings_match_the_onnxruntime_reference() {
 #[tokio::test]
 async fn empty_or_invalid_text_is_refused() {
     let node = node();
-    let error = node
-        .call(node.example("text-embed"), post(Vec::new()))
-        .await
-        .expect_err("refused");
+    let error = node.call(node.example("text-embed"), post(Vec::new())).await.expect_err("refused");
     assert_eq!(error.status(), 400, "{error}");
-    let error = node
-        .call(node.example("text-embed"), post(vec![0xff, 0xfe, 0x00]))
-        .await
-        .expect_err("refused");
+    let error = node.call(node.example("text-embed"), post(vec![0xff, 0xfe, 0x00])).await.expect_err("refused");
     assert_eq!(error.status(), 400, "{error}");
     assert!(error.to_string().contains("UTF-8"), "{error}");
 }

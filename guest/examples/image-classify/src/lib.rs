@@ -60,15 +60,11 @@ fn decode(body: &[u8]) -> Result<RgbImage, Error> {
         // A JPEG cut short still decodes into a partly grey picture; refuse it
         // instead of classifying a picture the client never sent.
         ImageFormat::Jpeg if !body.ends_with(&[0xFF, 0xD9]) => {
-            return Err(Error::invalid_input(
-                "the JPEG image is truncated: it has no end-of-image marker",
-            ));
+            return Err(Error::invalid_input("the JPEG image is truncated: it has no end-of-image marker"));
         }
         ImageFormat::Jpeg => {}
         other => {
-            return Err(Error::unsupported_media_type(format!(
-                "{other:?} images are not accepted: send PNG or JPEG"
-            )));
+            return Err(Error::unsupported_media_type(format!("{other:?} images are not accepted: send PNG or JPEG")));
         }
     }
     let image = image::load_from_memory_with_format(body, format)

@@ -53,12 +53,7 @@ fn settings() -> Result<Settings, Error> {
             .filter(|t| (0.0..1.0).contains(t))
             .ok_or_else(|| Error::internal(format!("config `threshold` is not in [0, 1): {value}")))?,
     };
-    Ok(Settings {
-        threshold,
-        min_speech_ms: 250,
-        min_silence_ms: 100,
-        pad_ms: 30,
-    })
+    Ok(Settings { threshold, min_speech_ms: 250, min_silence_ms: 100, pad_ms: 30 })
 }
 
 /// WAV bytes to mono 16 kHz samples in [-1, 1].
@@ -70,24 +65,17 @@ fn decode(body: &[u8]) -> Result<Vec<f32>, Error> {
         (hound::SampleFormat::Float, 32) => reader.into_samples::<f32>().collect::<Result<_, _>>(),
         (hound::SampleFormat::Int, bits @ 8..=32) => {
             let scale = 1.0 / (1u64 << (bits - 1)) as f32;
-            reader
-                .into_samples::<i32>()
-                .map(|s| s.map(|s| s as f32 * scale))
-                .collect::<Result<_, _>>()
+            reader.into_samples::<i32>().map(|s| s.map(|s| s as f32 * scale)).collect::<Result<_, _>>()
         }
         (format, bits) => {
-            return Err(Error::unsupported_media_type(format!(
-                "{bits}-bit {format:?} WAV samples are not supported"
-            )));
+            return Err(Error::unsupported_media_type(format!("{bits}-bit {format:?} WAV samples are not supported")));
         }
     }
     .map_err(|e| Error::invalid_input(format!("the WAV data is damaged: {e}")))?;
 
     let channels = usize::from(spec.channels.max(1));
-    let mono: Vec<f32> = interleaved
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
+    let mono: Vec<f32> =
+        interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() / channels as f32).collect();
     if mono.is_empty() {
         return Err(Error::invalid_input("the WAV file holds no samples"));
     }
@@ -99,16 +87,12 @@ fn resample(samples: Vec<f32>, rate: usize) -> Result<Vec<f32>, Error> {
         return Ok(samples);
     }
     if !(4_000..=384_000).contains(&rate) {
-        return Err(Error::unsupported_media_type(format!(
-            "a sample rate of {rate} Hz is not supported"
-        )));
+        return Err(Error::unsupported_media_type(format!("a sample rate of {rate} Hz is not supported")));
     }
     let failed = |e: &dyn std::fmt::Display| Error::internal(format!("resampling failed: {e}"));
     let mut resampler = Fft::<f32>::new(rate, SAMPLE_RATE, 1024, 1, FixedSync::Input).map_err(|e| failed(&e))?;
     let input = InterleavedSlice::new(&samples, 1, samples.len()).map_err(|e| failed(&e))?;
-    let output = resampler
-        .process_all(&input, samples.len(), None)
-        .map_err(|e| failed(&e))?;
+    let output = resampler.process_all(&input, samples.len(), None).map_err(|e| failed(&e))?;
     Ok(output.take_data())
 }
 

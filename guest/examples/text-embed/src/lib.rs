@@ -21,16 +21,13 @@ struct Answer {
 fn handle(request: Request) -> Result<Response, Error> {
     let text = request.text()?;
     if text.trim().is_empty() {
-        return Err(Error::invalid_input(
-            "the body is empty: send the text to embed as UTF-8",
-        ));
+        return Err(Error::invalid_input("the body is empty: send the text to embed as UTF-8"));
     }
     let mut tokenizer = Tokenizer::from_bytes(TOKENIZER)
         .map_err(|e| Error::internal(format!("the bundled tokenizer is corrupt: {e}")))?;
     tokenizer.with_padding(None);
-    let encoding = tokenizer
-        .encode(text, true)
-        .map_err(|e| Error::invalid_input(format!("cannot tokenise the text: {e}")))?;
+    let encoding =
+        tokenizer.encode(text, true).map_err(|e| Error::invalid_input(format!("cannot tokenise the text: {e}")))?;
 
     let widen = |ids: &[u32]| ids.iter().map(|&id| i64::from(id)).collect::<Vec<i64>>();
     let mask = widen(encoding.get_attention_mask());
@@ -38,10 +35,7 @@ fn handle(request: Request) -> Result<Response, Error> {
     let outputs = Model::load(MODEL)?.run([
         ("input_ids", Tensor::from_slice(&shape, &widen(encoding.get_ids()))),
         ("attention_mask", Tensor::from_slice(&shape, &mask)),
-        (
-            "token_type_ids",
-            Tensor::from_slice(&shape, &widen(encoding.get_type_ids())),
-        ),
+        ("token_type_ids", Tensor::from_slice(&shape, &widen(encoding.get_type_ids()))),
     ])?;
     let hidden = outputs.get("last_hidden_state")?.to_vec::<f32>()?;
     if hidden.len() != mask.len() * DIM {
@@ -51,10 +45,7 @@ fn handle(request: Request) -> Result<Response, Error> {
             mask.len()
         )));
     }
-    Response::json(&Answer {
-        dim: DIM,
-        embedding: normalize(mean_pool(&hidden, &mask)),
-    })
+    Response::json(&Answer { dim: DIM, embedding: normalize(mean_pool(&hidden, &mask)) })
 }
 
 /// Averages the token vectors whose mask is 1.

@@ -24,11 +24,7 @@ struct Echo {
 fn handle(request: Request) -> Result<Response, Error> {
     host::info("echo handled a request");
     println!("echo wrote this line to stdout");
-    let headers = request
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
+    let headers = request.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect();
     Response::json(&Echo {
         method: request.method,
         path: request.path,

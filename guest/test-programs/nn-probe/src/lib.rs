@@ -19,60 +19,33 @@ struct Outcome {
 fn handle(request: Request) -> Result<Response, Error> {
     let result = match request.path.as_str() {
         "/load-by-name" => Model::load(request.text()?).map(drop),
-        "/load" => graph::load(
-            std::slice::from_ref(&request.body),
-            GraphEncoding::Onnx,
-            ExecutionTarget::Cpu,
-        )
-        .map(drop)
-        .map_err(|e| InferenceError {
-            code: e.code(),
-            message: e.data(),
-        }),
+        "/load" => graph::load(std::slice::from_ref(&request.body), GraphEncoding::Onnx, ExecutionTarget::Cpu)
+            .map(drop)
+            .map_err(|e| InferenceError { code: e.code(), message: e.data() }),
         "/compute/right" => compute(vec![("input", image(&[1, 3, 224, 224]))]),
         "/compute/wrong-shape" => compute(vec![("input", image(&[1, 3, 100, 100]))]),
         "/compute/wrong-rank" => compute(vec![("input", image(&[3, 224, 224]))]),
-        "/compute/wrong-type" => compute(vec![(
-            "input",
-            Tensor::from_slice(&[1, 3, 224, 224], &vec![0i64; 3 * 224 * 224]),
-        )]),
+        "/compute/wrong-type" => {
+            compute(vec![("input", Tensor::from_slice(&[1, 3, 224, 224], &vec![0i64; 3 * 224 * 224]))])
+        }
         "/compute/wrong-name" => compute(vec![("pixels", image(&[1, 3, 224, 224]))]),
         "/compute/missing-input" => compute(vec![]),
-        "/compute/short-data" => compute(vec![(
-            "input",
-            Tensor::new(&[1, 3, 224, 224], TensorType::Fp32, &[0u8; 12]),
-        )]),
-        "/compute/overflowing-shape" => compute(vec![(
-            "input",
-            Tensor::new(&[u32::MAX, u32::MAX, u32::MAX, 2], TensorType::Fp32, &[0u8; 16]),
-        )]),
-        "/compute/bf16" => compute(vec![(
-            "input",
-            Tensor::new(&[1, 3, 224, 224], TensorType::Bf16, &vec![0u8; 2 * 3 * 224 * 224]),
-        )]),
+        "/compute/short-data" => compute(vec![("input", Tensor::new(&[1, 3, 224, 224], TensorType::Fp32, &[0u8; 12]))]),
+        "/compute/overflowing-shape" => {
+            compute(vec![("input", Tensor::new(&[u32::MAX, u32::MAX, u32::MAX, 2], TensorType::Fp32, &[0u8; 16]))])
+        }
+        "/compute/bf16" => {
+            compute(vec![("input", Tensor::new(&[1, 3, 224, 224], TensorType::Bf16, &vec![0u8; 2 * 3 * 224 * 224]))])
+        }
         "/compute/sequence-mismatch" => Model::load("minilm-l6").and_then(|model| {
             let ids = |n: u32| Tensor::from_slice(&[1, n], &vec![101i64; n as usize]);
-            model
-                .run([
-                    ("input_ids", ids(5)),
-                    ("attention_mask", ids(6)),
-                    ("token_type_ids", ids(5)),
-                ])
-                .map(drop)
+            model.run([("input_ids", ids(5)), ("attention_mask", ids(6)), ("token_type_ids", ids(5))]).map(drop)
         }),
         other => return Err(Error::invalid_input(format!("unknown probe {other}"))),
     };
     let outcome = match result {
-        Ok(()) => Outcome {
-            loaded: true,
-            code: None,
-            message: None,
-        },
-        Err(e) => Outcome {
-            loaded: false,
-            code: Some(e.code_name()),
-            message: Some(e.message),
-        },
+        Ok(()) => Outcome { loaded: true, code: None, message: None },
+        Err(e) => Outcome { loaded: false, code: Some(e.code_name()), message: Some(e.message) },
     };
     Response::json(&outcome)
 }

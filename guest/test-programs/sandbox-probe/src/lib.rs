@@ -20,26 +20,14 @@ struct Findings {
 
 fn handle(_request: Request) -> Result<Response, Error> {
     use std::net::{TcpStream, ToSocketAddrs};
-    let reads = [
-        "/etc/passwd",
-        "/etc/hostname",
-        "models/efficientnet-lite0/model.onnx",
-        "Cargo.toml",
-    ]
-    .map(|path| attempt(path, std::fs::read, |bytes| format!("read {} bytes", bytes.len())));
-    let listings = ["/", "."].map(|path| {
-        attempt(path, std::fs::read_dir, |entries| {
-            format!("listed {} entries", entries.count())
-        })
-    });
+    let reads = ["/etc/passwd", "/etc/hostname", "models/efficientnet-lite0/model.onnx", "Cargo.toml"]
+        .map(|path| attempt(path, std::fs::read, |bytes| format!("read {} bytes", bytes.len())));
+    let listings = ["/", "."]
+        .map(|path| attempt(path, std::fs::read_dir, |entries| format!("listed {} entries", entries.count())));
     let connections = ["127.0.0.1:22", "10.0.0.1:80", "[::1]:443"]
         .map(|address| attempt(address, TcpStream::connect, |_| "connected".to_owned()));
     let lookups = ["localhost:80", "example.com:443"].map(|name| {
-        attempt(
-            name,
-            |n| n.to_socket_addrs(),
-            |addresses| format!("resolved {} addresses", addresses.count()),
-        )
+        attempt(name, |n| n.to_socket_addrs(), |addresses| format!("resolved {} addresses", addresses.count()))
     });
     Response::json(&Findings {
         reads: reads.to_vec(),

@@ -56,10 +56,7 @@ fn handle(request: Request) -> Result<Response, Error> {
     let mut described = Vec::new();
     for name in names {
         let tensor = outputs.take(&name)?;
-        let ty = TYPES
-            .iter()
-            .find(|(_, ty)| *ty == tensor.ty())
-            .map_or("?", |(name, _)| name);
+        let ty = TYPES.iter().find(|(_, ty)| *ty == tensor.ty()).map_or("?", |(name, _)| name);
         described.push(Described {
             name,
             ty: ty.to_owned(),
@@ -74,10 +71,7 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn to_hex(bytes: &[u8]) -> String {
