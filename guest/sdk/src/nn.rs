@@ -126,7 +126,7 @@ impl Outputs {
     /// Takes the output called `name`, e.g. to feed it into the next run.
     pub fn take(&mut self, name: &str) -> Result<Tensor, InferenceError> {
         let index = self.tensors.iter().position(|(n, _)| n == name).ok_or_else(|| self.missing(name))?;
-        Ok(self.tensors.swap_remove(index).1)
+        Ok(self.tensors.remove(index).1)
     }
 
     /// The output names, in the model's order.

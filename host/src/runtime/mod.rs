@@ -291,6 +291,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .total_memories(instances.saturating_mul(2))
         .total_tables(instances.saturating_mul(8))
         .total_stacks(instances)
+        .table_elements(limits::MAX_TABLE_ELEMENTS)
         .max_memory_size(ModuleLimits::MAX_MEMORY_BYTES);
     let mut engine = Config::new();
     engine
