@@ -6,7 +6,10 @@
 //! decodes it, calls granted models through `wasi:nn` ([`nn`]), which run on
 //! the inference pool ([`models`]), and answers.
 
+pub mod config;
 pub mod examples;
 pub mod models;
 pub mod nn;
+pub mod node;
 pub mod runtime;
+pub mod server;

@@ -1,6 +1,9 @@
 //! Fixtures shared by the integration tests: the test-program guests built
-//! by `build.rs`, the repository's real models and samples, and one runtime
-//! with the example modules compiled once for every test.
+//! by `build.rs`, the repository's real models and samples, one runtime
+//! with the example modules compiled once for every test, and the `mantle`
+//! binary itself, run as a command or as a serving node.
+
+pub mod served;
 
 use mantle::examples::{self, EXAMPLES};
 use mantle::models::{Model, ModelRegistry};
@@ -115,10 +118,7 @@ impl Node {
 pub fn mantle_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let test_exe = std::env::current_exe().expect("the test binary knows its path");
-        // <target>/<profile>/deps/<test binary>
-        let profile_dir = test_exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("a target directory");
+        let profile_dir = profile_dir();
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev",
             Some(other) => other,
@@ -128,7 +128,7 @@ pub fn mantle_binary() -> &'static Path {
             .current_dir(repo_root())
             .args(["build", "--quiet", "-p", "mantle", "--bin", "mantle", "--profile", profile])
             .arg("--target-dir")
-            .arg(target_dir)
+            .arg(target_dir())
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the mantle binary failed");
@@ -136,6 +136,36 @@ pub fn mantle_binary() -> &'static Path {
         assert!(binary.exists(), "cargo built no binary at {}", binary.display());
         binary
     })
+}
+
+/// `<target>/<profile>`, where the running test binary was built.
+fn profile_dir() -> PathBuf {
+    let test_exe = std::env::current_exe().expect("the test binary knows its path");
+    // <target>/<profile>/deps/<test binary>
+    test_exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+}
+
+/// The cargo target directory of the running tests.
+pub fn target_dir() -> PathBuf {
+    profile_dir().parent().expect("a target directory").to_path_buf()
+}
+
+/// Writes the bundled example `name` into `dir` and returns its path.
+pub fn example_wasm(dir: &Path, name: &str) -> String {
+    let example = examples::EXAMPLES.iter().find(|e| e.name == name).expect("a bundled example");
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::write(&path, example.wasm).expect("write the module");
+    path.display().to_string()
+}
+
+/// `mantle run --model` for the repository's copy of `model`.
+pub fn model_grant(model: &str) -> String {
+    format!("{model}={}", model_path(model).display())
+}
+
+/// The repository's copy of the example model `name`.
+pub fn model_path(name: &str) -> PathBuf {
+    models_dir().join(name).join("model.onnx")
 }
 
 /// What a finished `mantle` process left behind.

@@ -68,4 +68,9 @@ impl Error {
     pub fn internal(message: impl Display) -> Self {
         Error::Internal(message.to_string())
     }
+
+    /// The caller may not have what it asked for (403).
+    pub fn forbidden(message: impl Display) -> Self {
+        Error::Forbidden(message.to_string())
+    }
 }

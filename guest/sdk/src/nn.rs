@@ -51,9 +51,14 @@ impl fmt::Display for InferenceError {
 
 impl std::error::Error for InferenceError {}
 
+/// A model the module may not load is the caller's to know about (403);
+/// any other inference failure is the handler's (500).
 impl From<InferenceError> for Error {
     fn from(error: InferenceError) -> Self {
-        Error::Internal(error.to_string())
+        match error.code {
+            ErrorCode::Security => Error::Forbidden(error.to_string()),
+            _ => Error::Internal(error.to_string()),
+        }
     }
 }
 

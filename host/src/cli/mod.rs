@@ -2,7 +2,9 @@
 //! lives in its own module and reaches the runtime only through the library.
 
 mod demo;
+mod key;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -10,7 +12,8 @@ use std::process::ExitCode;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  the guest answered with a 2xx status
+  0  the guest answered with a 2xx status (run), or the node stopped on
+     SIGTERM or SIGINT (serve)
   1  the guest answered with another status, refused the request, trapped,
      or ran out of time or memory (the reason is on stderr)
   2  the command line is wrong
@@ -40,8 +43,10 @@ struct Cli {
 // Parsed once per process: the size of the larger variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Command {
+    Serve(serve::ServeArgs),
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
+    Key(key::KeyArgs),
 }
 
 /// How a command failed, and so which exit code it ends with.
@@ -60,7 +65,11 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A node logs each request; a one-off command logs only problems.
+    init_logging(match cli.command {
+        Command::Serve(_) => "warn,mantle=info",
+        _ => "warn,mantle::guest=info",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -70,8 +79,10 @@ pub fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => serve::run(args).await,
             Command::Run(args) => run::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Key(args) => key::run(args),
         }
     });
     match outcome {
@@ -87,9 +98,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MANTLE_LOG").unwrap_or_else(|_| EnvFilter::new("warn,mantle::guest=info"));
+    let filter = EnvFilter::try_from_env("MANTLE_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -72,12 +72,22 @@ pub struct InputSpec {
     pub shape: Vec<Dim>,
 }
 
+/// A model output: its name, and its element type and shape as far as the
+/// model declares them.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub name: String,
+    /// `None` when the element type is not one a host tensor can carry.
+    pub element_type: Option<ElementType>,
+    pub shape: Vec<Dim>,
+}
+
 /// A loaded, optimized model, ready to run from any thread.
 pub struct Model {
     name: String,
     plan: Arc<TypedSimplePlan>,
     inputs: Vec<InputSpec>,
-    outputs: Vec<String>,
+    outputs: Vec<OutputSpec>,
 }
 
 impl fmt::Debug for Model {
@@ -123,9 +133,18 @@ impl Model {
             .map_err(|e| parse("listing outputs", e))?
             .iter()
             .map(|outlet| {
-                typed.outlet_label(*outlet).map(str::to_owned).unwrap_or_else(|| typed.node(outlet.node).name.clone())
+                let name = typed
+                    .outlet_label(*outlet)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+                let fact = typed.outlet_fact(*outlet).map_err(|e| parse("typing outputs", e))?;
+                Ok(OutputSpec {
+                    name,
+                    element_type: ElementType::from_datum_type(fact.datum_type),
+                    shape: fact.shape.iter().map(dim).collect(),
+                })
             })
-            .collect();
+            .collect::<Result<_, LoadError>>()?;
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
         Ok(Model { name: name.to_owned(), plan, inputs, outputs })
@@ -139,7 +158,7 @@ impl Model {
         &self.inputs
     }
 
-    pub fn outputs(&self) -> &[String] {
+    pub fn outputs(&self) -> &[OutputSpec] {
         &self.outputs
     }
 
@@ -229,7 +248,7 @@ impl Model {
         self.outputs
             .iter()
             .zip(outputs)
-            .map(|(name, value)| {
+            .map(|(OutputSpec { name, .. }, value)| {
                 HostTensor::from_tract(&value)
                     .map(|tensor| (name.clone(), tensor))
                     .map_err(|m| failed(format!("output `{name}`: {m}")))
@@ -293,17 +312,17 @@ fn describe_inputs(name: &str, model: &TypedModel) -> Result<Vec<InputSpec>, Loa
                     fact.datum_type
                 ))
             })?;
-            let shape = fact
-                .shape
-                .iter()
-                .map(|dim| match dim.to_i64().ok().and_then(|n| usize::try_from(n).ok()).ok_or(()) {
-                    Ok(n) => Dim::Fixed(n),
-                    Err(_) => Dim::Symbol(dim.to_string()),
-                })
-                .collect();
+            let shape = fact.shape.iter().map(dim).collect();
             Ok(InputSpec { name: input_name, element_type, shape })
         })
         .collect()
+}
+
+fn dim(dim: &TDim) -> Dim {
+    match dim.to_i64().ok().and_then(|n| usize::try_from(n).ok()) {
+        Some(n) => Dim::Fixed(n),
+        None => Dim::Symbol(dim.to_string()),
+    }
 }
 
 /// Models loaded on this node, by name. Each file is loaded once; every

@@ -61,13 +61,13 @@ pub struct NnError {
 pub(crate) struct NnCtx {
     grants: Arc<Grants>,
     pool: Arc<InferencePool>,
-    /// Time spent in model computations during this request.
-    pub(crate) inference_time: Duration,
+    /// Each model computation of this request: the model and its time.
+    pub(crate) inferences: Vec<(Arc<Model>, Duration)>,
 }
 
 impl NnCtx {
     pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>) -> Self {
-        NnCtx { grants, pool, inference_time: Duration::ZERO }
+        NnCtx { grants, pool, inferences: Vec::new() }
     }
 }
 
@@ -175,7 +175,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         let started = Instant::now();
         let job_model = Arc::clone(&model);
         let outcome = self.ctx.pool.run(move || job_model.run(host_inputs)).await;
-        self.ctx.inference_time += started.elapsed();
+        self.ctx.inferences.push((Arc::clone(&model), started.elapsed()));
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(RunError::InvalidInput(message))) => return self.fail(ErrorCode::InvalidArgument, message),

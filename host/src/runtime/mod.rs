@@ -10,7 +10,7 @@ mod state;
 pub use bindings::mantle::edge::types::{Error as GuestError, Request, Response};
 pub use limits::ModuleLimits;
 
-use crate::models::{InferencePool, Model, PoolError};
+use crate::models::{HostTensor, InferencePool, Model, PoolError, RunError};
 use crate::nn::{Grants, NnCtx};
 use bindings::{Guest, GuestPre};
 use guest_log::{GuestLog, LogTags};
@@ -18,7 +18,7 @@ use limits::GuestLimiter;
 use state::GuestState;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
@@ -79,7 +79,10 @@ pub enum HandleError {
 
 fn guest_error_message(error: &GuestError) -> &str {
     match error {
-        GuestError::InvalidInput(m) | GuestError::UnsupportedMediaType(m) | GuestError::Internal(m) => m,
+        GuestError::InvalidInput(m)
+        | GuestError::UnsupportedMediaType(m)
+        | GuestError::Internal(m)
+        | GuestError::Forbidden(m) => m,
     }
 }
 
@@ -90,11 +93,34 @@ impl HandleError {
             HandleError::Guest(GuestError::InvalidInput(_)) => 400,
             HandleError::Guest(GuestError::UnsupportedMediaType(_)) => 415,
             HandleError::Guest(GuestError::Internal(_)) => 500,
+            HandleError::Guest(GuestError::Forbidden(_)) => 403,
             HandleError::Deadline(_) => 504,
             HandleError::MemoryLimit { .. } | HandleError::Trap(_) => 500,
             HandleError::Instantiate(_) => 503,
         }
     }
+}
+
+/// Why a direct model inference did not produce outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The inputs do not fit the model: names, types or shapes.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("the model did not answer within the deadline of {0:?}")]
+    Deadline(Duration),
+    /// The model failed or panicked: log it; clients get an error id.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What one request used, to be charged to its tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// From the start of instantiation to the guest's answer or failure.
+    pub guest_time: Duration,
+    /// Each model computation the guest asked for: the model and its time.
+    pub inferences: Vec<(Arc<Model>, Duration)>,
 }
 
 /// What a module is and may do: set by the operator.
@@ -141,6 +167,23 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     pool: Arc<InferencePool>,
     ticking: Arc<AtomicBool>,
+    live_instances: Arc<AtomicUsize>,
+}
+
+/// Counts a guest instance as live for as long as it is held.
+struct LiveInstance(Arc<AtomicUsize>);
+
+impl LiveInstance {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveInstance(Arc::clone(count))
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Runtime {
@@ -158,7 +201,7 @@ impl Runtime {
         let ticking = Arc::new(AtomicBool::new(true));
         spawn_epoch_ticker(engine.clone(), Arc::clone(&ticking))?;
         let pool = Arc::new(InferencePool::new(config.inference_threads)?);
-        Ok(Runtime { engine, linker, pool, ticking })
+        Ok(Runtime { engine, linker, pool, ticking, live_instances: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// Compiles `wasm` and checks it against the world. Compiling takes
@@ -182,6 +225,11 @@ impl Runtime {
         })
     }
 
+    /// Guest instances running right now.
+    pub fn live_instances(&self) -> usize {
+        self.live_instances.load(Ordering::Relaxed)
+    }
+
     /// Runs one request through a fresh instance of `module`.
     pub async fn handle(
         &self,
@@ -189,6 +237,18 @@ impl Runtime {
         request: Request,
         request_id: &str,
     ) -> Result<Response, HandleError> {
+        self.handle_metered(module, request, request_id).await.0
+    }
+
+    /// Runs one request through a fresh instance of `module`, and reports
+    /// what it used whatever the outcome.
+    pub async fn handle_metered(
+        &self,
+        module: &GuestModule,
+        request: Request,
+        request_id: &str,
+    ) -> (Result<Response, HandleError>, Usage) {
+        let _live = LiveInstance::new(&self.live_instances);
         let limits = module.limits;
         let tags = LogTags {
             tenant: Arc::clone(&module.tenant),
@@ -208,19 +268,43 @@ impl Runtime {
         };
         // The epoch callback stops a guest that computes; this timeout also
         // stops one that waits on the host (sleeping, or a long inference).
-        let outcome = match tokio::time::timeout(limits.deadline + EPOCH_TICK * 2, run).await {
-            Err(_elapsed) => return Err(HandleError::Deadline(limits.deadline)),
-            Ok(result) => result?,
-        };
+        let outcome = tokio::time::timeout(limits.deadline + EPOCH_TICK * 2, run).await;
+        let usage =
+            Usage { guest_time: started.elapsed(), inferences: std::mem::take(&mut store.data_mut().nn.inferences) };
         tracing::debug!(
             tenant = %module.tenant, module = %module.id, %request_id,
-            elapsed = ?started.elapsed(), inference = ?store.data().nn.inference_time,
+            elapsed = ?usage.guest_time, inferences = usage.inferences.len(),
             "guest finished"
         );
-        match outcome {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(guest_error)) => Err(HandleError::Guest(guest_error)),
-            Err(trap) => Err(classify_trap(&trap, store.data(), &limits, started.elapsed())),
+        let result = match outcome {
+            Err(_elapsed) => Err(HandleError::Deadline(limits.deadline)),
+            Ok(Err(instantiate)) => Err(instantiate),
+            Ok(Ok(Ok(Ok(response)))) => Ok(response),
+            Ok(Ok(Ok(Err(guest_error)))) => Err(HandleError::Guest(guest_error)),
+            Ok(Ok(Err(trap))) => Err(classify_trap(&trap, store.data(), &limits, usage.guest_time)),
+        };
+        (result, usage)
+    }
+
+    /// Runs `model` on `inputs` directly, with no guest, on the inference
+    /// pool. Inputs are checked before the job is queued. Past `deadline`
+    /// the caller gets an error; the computation itself cannot be cut
+    /// short and finishes on its pool thread.
+    pub async fn infer(
+        &self,
+        model: &Arc<Model>,
+        inputs: Vec<(String, HostTensor)>,
+        deadline: Duration,
+    ) -> Result<Vec<(String, HostTensor)>, InferError> {
+        model.check_inputs(&inputs).map_err(|e| InferError::InvalidInput(e.to_string()))?;
+        let job_model = Arc::clone(model);
+        let job = self.pool.run(move || job_model.run(inputs));
+        match tokio::time::timeout(deadline, job).await {
+            Err(_elapsed) => Err(InferError::Deadline(deadline)),
+            Ok(Ok(Ok(outputs))) => Ok(outputs),
+            Ok(Ok(Err(RunError::InvalidInput(message)))) => Err(InferError::InvalidInput(message)),
+            Ok(Ok(Err(failed))) => Err(InferError::Failed(failed.to_string())),
+            Ok(Err(pool_error)) => Err(InferError::Failed(format!("model `{}`: {pool_error}", model.name()))),
         }
     }
 

@@ -1,8 +1,7 @@
 //! The `mantle` command as a user runs it: exit codes, stdin and stdout,
 //! and the same bytes as the library gives.
 
-use mantle::examples::EXAMPLES;
-use mantle_tests::{Finished, models_dir, node, post, programs, run_mantle, sample};
+use mantle_tests::{Finished, example_wasm, model_grant, models_dir, node, post, programs, run_mantle, sample};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,19 +12,6 @@ const LIMIT: Duration = Duration::from_secs(120);
 fn mantle(args: &[&str], stdin: &[u8]) -> Finished {
     let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     run_mantle(&args, stdin, LIMIT)
-}
-
-/// Writes the bundled example `name` into `dir` and returns its path.
-fn example_wasm(dir: &Path, name: &str) -> String {
-    let example = EXAMPLES.iter().find(|e| e.name == name).expect("a bundled example");
-    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::write(&path, example.wasm).expect("write the module");
-    path.display().to_string()
-}
-
-/// `--model` for the repository's copy of `model`.
-fn grant(model: &str) -> String {
-    format!("{model}={}", models_dir().join(model).join("model.onnx").display())
 }
 
 fn path(p: &Path) -> String {
@@ -43,7 +29,7 @@ async fn run_gives_the_same_bytes_as_the_library() {
             "run",
             &module,
             "--model",
-            &grant("efficientnet-lite0"),
+            &model_grant("efficientnet-lite0"),
             "--pin",
             "efficientnet-lite0:N=1",
             "--input",
@@ -65,7 +51,16 @@ async fn run_reads_stdin_and_writes_a_file() {
     let output = dir.path().join("embedding.json");
     let text = "A cat sits on the mat";
     let cli = mantle(
-        &["run", &module, "--model", &grant("minilm-l6"), "--pin", "minilm-l6:batch=1", "--output", &path(&output)],
+        &[
+            "run",
+            &module,
+            "--model",
+            &model_grant("minilm-l6"),
+            "--pin",
+            "minilm-l6:batch=1",
+            "--output",
+            &path(&output),
+        ],
         text.as_bytes(),
     );
     assert_eq!(cli.code, Some(0), "stderr: {}", cli.stderr);
@@ -81,7 +76,7 @@ fn a_refused_request_exits_non_zero_with_the_reason() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let module = example_wasm(dir.path(), "image-classify");
     let jpeg = sample("chelsea.jpg");
-    let cli = mantle(&["run", &module, "--model", &grant("efficientnet-lite0")], &jpeg[..jpeg.len() / 2]);
+    let cli = mantle(&["run", &module, "--model", &model_grant("efficientnet-lite0")], &jpeg[..jpeg.len() / 2]);
     assert_eq!(cli.code, Some(1), "stderr: {}", cli.stderr);
     assert!(cli.stderr.contains("truncated"), "stderr: {}", cli.stderr);
     assert!(cli.stdout.is_empty());
@@ -124,8 +119,10 @@ fn files_that_are_not_components_are_refused_with_the_reason() {
 fn pinning_a_dimension_the_model_lacks_is_a_setup_error() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let module = example_wasm(dir.path(), "image-classify");
-    let cli =
-        mantle(&["run", &module, "--model", &grant("efficientnet-lite0"), "--pin", "efficientnet-lite0:batch=1"], b"");
+    let cli = mantle(
+        &["run", &module, "--model", &model_grant("efficientnet-lite0"), "--pin", "efficientnet-lite0:batch=1"],
+        b"",
+    );
     assert_eq!(cli.code, Some(3), "stderr: {}", cli.stderr);
     assert!(cli.stderr.contains("`batch`") && cli.stderr.contains("\"N\""), "stderr: {}", cli.stderr);
 }

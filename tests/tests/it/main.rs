@@ -4,6 +4,7 @@
 mod cli;
 mod image_classify;
 mod isolation;
+mod serve;
 mod speech_detect;
 mod tensor_types;
 mod text_embed;

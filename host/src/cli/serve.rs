@@ -1,0 +1,109 @@
+//! `mantle serve`: the HTTP node, from a configuration file or, with none,
+//! the bundled examples as tenant `demo`.
+
+use super::Failure;
+use anyhow::Context;
+use clap::Args;
+use mantle::config::NodeConfig;
+use mantle::examples::{DEMO_TENANT, EXAMPLES};
+use mantle::node::Node;
+use mantle::server::{Server, serve};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Serve guest modules and the KServe V2 protocol over HTTP.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The address to listen on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The node configuration (TOML). Without one, the bundled example
+    /// guests and their models are served as tenant `demo`, and no API key
+    /// is needed.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the example models are, when serving without a configuration.
+    #[arg(long, value_name = "DIR", default_value = "models", conflicts_with = "config")]
+    models_dir: PathBuf,
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), Failure> {
+    let started = Instant::now();
+    let node = match &args.config {
+        Some(path) => {
+            let config = NodeConfig::load(path)?;
+            tokio::task::block_in_place(|| Node::build(&config))
+                .with_context(|| format!("cannot set up the node from {}", path.display()))?
+        }
+        None => {
+            if !args.models_dir.join("samples").is_dir() {
+                return Err(Failure::Setup(anyhow::anyhow!(
+                    "no models directory at {}: run from the repository root, or pass --models-dir or --config",
+                    args.models_dir.display()
+                )));
+            }
+            tokio::task::block_in_place(|| Node::examples(&args.models_dir))
+                .context("cannot set up the bundled examples")?
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr().context("the listening socket has no address")?;
+    let open = node.open_tenant().is_some();
+    let tenants = node.tenants().count();
+    let server = Server::new(Arc::new(node));
+
+    if open {
+        tracing::warn!(
+            "no --config: serving the bundled examples as tenant `{DEMO_TENANT}`, and requests need no API key"
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "mantle listening on http://{address} ({tenants} tenants, ready in {:.2?})", started.elapsed())?;
+    if open {
+        writeln!(out, "\nServing the bundled examples as tenant `{DEMO_TENANT}`, no API key needed. Try:\n")?;
+        let sample = args.models_dir.join("samples").join("chelsea.png");
+        writeln!(out, "  curl --data-binary @{} http://{address}/t/{DEMO_TENANT}/image-classify\n", sample.display())?;
+        for example in &EXAMPLES {
+            writeln!(out, "  POST /t/{DEMO_TENANT}/{:<16} {}", example.name, example.summary)?;
+        }
+        writeln!(out, "  KServe V2: http://{address}/v2/models/{}", EXAMPLES[0].model)?;
+        writeln!(out, "\nStop with Ctrl-C.")?;
+    }
+    out.flush()?;
+    drop(out);
+
+    let finished = serve(listener, server, shutdown_signal()).await.context("the server failed")?;
+    if finished {
+        tracing::info!("stopped");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the node");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,444 @@
+//! The node configuration file: the models a node holds, its tenants, their
+//! keys, grants and limits, and the guest modules they run, as the operator
+//! writes them in TOML. Parsing and checking only; nothing is loaded here.
+//!
+//! Every table refuses unknown fields, and identifiers are checked while
+//! parsing, so that a mistake is reported at its line and column.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration {}:\n{message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default)]
+    pub node: NodeSettings,
+    /// `[[model]]` tables.
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelConfig>,
+    /// `[[tenant]]` tables.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Settings of the node as a whole.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSettings {
+    /// How long in-flight requests may take to finish after SIGTERM or
+    /// SIGINT before the node exits anyway.
+    pub shutdown_grace_ms: u64,
+    /// Guest instances live at once across all tenants.
+    pub max_instances: u32,
+    /// Threads that run models; 0 means one per core.
+    pub inference_threads: usize,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings { shutdown_grace_ms: 10_000, max_instances: 256, inference_threads: 0 }
+    }
+}
+
+/// An ONNX model the node holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: Name,
+    #[serde(default = "default_version")]
+    pub version: Name,
+    /// The `.onnx` file, relative to the configuration file.
+    pub path: PathBuf,
+    /// Named input dimensions fixed before optimizing, e.g. `{ N = 1 }`.
+    #[serde(default)]
+    pub pin: BTreeMap<String, usize>,
+}
+
+fn default_version() -> Name {
+    Name("1".to_owned())
+}
+
+/// A tenant: who may call, what it may reach, and how much it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: Id,
+    /// SHA-256 of each API key the tenant may present, in hex. Only hashes
+    /// are stored; `mantle key` makes a key and its hash.
+    pub key_sha256: Vec<KeyHash>,
+    /// Models the tenant may use, by `name` (every version) or
+    /// `name@version`.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    #[serde(default)]
+    pub limits: TenantLimits,
+    /// `[[tenant.module]]` tables.
+    #[serde(default, rename = "module")]
+    pub modules: Vec<ModuleConfig>,
+}
+
+/// What one tenant may use at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    /// Requests of the tenant that run at the same time.
+    pub max_concurrent: usize,
+    /// Requests that may wait for a turn; past that, 429.
+    pub max_queued: usize,
+    /// How long a queued request waits for a turn before it gets 503.
+    pub queue_timeout_ms: u64,
+    /// Largest request body, in bytes; past that, 413.
+    pub max_body_bytes: usize,
+    /// Deadline of a KServe inference request, in milliseconds.
+    pub infer_deadline_ms: u64,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        TenantLimits {
+            max_concurrent: 8,
+            max_queued: 32,
+            queue_timeout_ms: 5_000,
+            max_body_bytes: 16 << 20,
+            infer_deadline_ms: 10_000,
+        }
+    }
+}
+
+/// A guest module of a tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleConfig {
+    pub id: Id,
+    /// The component, relative to the configuration file. Either this or
+    /// `example`.
+    pub path: Option<PathBuf>,
+    /// One of the example guests built into mantle, by name.
+    pub example: Option<String>,
+    /// Models the guest may load, among the tenant's grants.
+    #[serde(default)]
+    pub models: Vec<Grant>,
+    #[serde(default)]
+    pub limits: ModuleLimitsConfig,
+    /// Values the guest reads through `context.config-get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Per-request limits of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleLimitsConfig {
+    pub memory_mib: usize,
+    pub deadline_ms: u64,
+}
+
+impl Default for ModuleLimitsConfig {
+    fn default() -> Self {
+        let limits = crate::runtime::ModuleLimits::default();
+        ModuleLimitsConfig { memory_mib: limits.memory_bytes >> 20, deadline_ms: limits.deadline.as_millis() as u64 }
+    }
+}
+
+/// A tenant or module identifier: lowercase letters, digits, `-` and `_`,
+/// starting with a letter or digit, at most 63 characters. It appears in
+/// URLs and metric labels as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Id(pub(crate) String);
+
+impl TryFrom<String> for Id {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let valid = text.len() <= 63
+            && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if valid {
+            Ok(Id(text))
+        } else {
+            Err(format!(
+                "`{text}` is not a valid id: use 1 to 63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+            ))
+        }
+    }
+}
+
+/// A model name or version: letters, digits, `.`, `-` and `_`, at most
+/// 128 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Name(pub(crate) String);
+
+impl TryFrom<String> for Name {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let valid = !text.is_empty()
+            && text.len() <= 128
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if valid {
+            Ok(Name(text))
+        } else {
+            Err(format!("`{text}` is not a valid model name or version: use letters, digits, `.`, `-` or `_`"))
+        }
+    }
+}
+
+/// A grant: `name` for every version of a model, or `name@version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Grant {
+    pub name: Name,
+    pub version: Option<Name>,
+}
+
+impl TryFrom<String> for Grant {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.split_once('@') {
+            None => Ok(Grant { name: Name::try_from(text)?, version: None }),
+            Some((name, version)) => {
+                Ok(Grant { name: Name::try_from(name.to_owned())?, version: Some(Name::try_from(version.to_owned())?) })
+            }
+        }
+    }
+}
+
+impl Grant {
+    /// Whether this grant covers version `version` of model `name`.
+    pub fn covers(&self, name: &str, version: &str) -> bool {
+        self.name.as_str() == name && self.version.as_ref().is_none_or(|v| v.as_str() == version)
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.version {
+            None => write!(f, "{}", self.name),
+            Some(version) => write!(f, "{}@{version}", self.name),
+        }
+    }
+}
+
+/// The SHA-256 of an API key: 64 hex digits.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct KeyHash(pub [u8; 32]);
+
+impl TryFrom<String> for KeyHash {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let mut hash = [0; 32];
+        hex::decode_to_slice(text.trim(), &mut hash)
+            .map_err(|_| "a key hash is the SHA-256 of the key in 64 hex digits (`mantle key` makes one)".to_owned())?;
+        Ok(KeyHash(hash))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHash(..)")
+    }
+}
+
+macro_rules! string_newtype {
+    ($($name:ident),*) => {$(
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )*};
+}
+
+string_newtype!(Id, Name);
+
+impl NodeConfig {
+    /// Reads and checks the configuration at `path`. Relative paths in it
+    /// are made relative to the file's directory.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+    }
+
+    /// Parses and checks configuration text, resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<NodeConfig, String> {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        for model in &mut config.models {
+            model.path = base.join(&model.path);
+        }
+        for module in config.tenants.iter_mut().flat_map(|t| t.modules.iter_mut()) {
+            if let Some(path) = &mut module.path {
+                *path = base.join(&*path);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: uniqueness, and that every grant
+    /// and module names something that exists.
+    fn check(&self) -> Result<(), String> {
+        let mut models = HashSet::new();
+        for model in &self.models {
+            if !models.insert((model.name.as_str(), model.version.as_str())) {
+                return Err(format!("model `{}` version `{}` is configured twice", model.name, model.version));
+            }
+        }
+        let mut tenants = HashSet::new();
+        let mut keys = HashSet::new();
+        for tenant in &self.tenants {
+            let at = format!("tenant `{}`", tenant.id);
+            if !tenants.insert(tenant.id.as_str()) {
+                return Err(format!("{at} is configured twice"));
+            }
+            if tenant.key_sha256.is_empty() {
+                return Err(format!("{at}: key_sha256 is empty, so nobody could call it"));
+            }
+            for key in &tenant.key_sha256 {
+                if !keys.insert(key.0) {
+                    return Err(format!("{at}: a key hash is listed twice or belongs to another tenant as well"));
+                }
+            }
+            for grant in &tenant.grants {
+                if !self.models.iter().any(|m| grant.covers(m.name.as_str(), m.version.as_str())) {
+                    return Err(format!("{at}: grant `{grant}` names no configured model"));
+                }
+            }
+            check_tenant_limits(&tenant.limits).map_err(|m| format!("{at}: limits: {m}"))?;
+            let mut modules = HashSet::new();
+            for module in &tenant.modules {
+                let at = format!("{at}, module `{}`", module.id);
+                if !modules.insert(module.id.as_str()) {
+                    return Err(format!("{at} is configured twice"));
+                }
+                match (&module.path, &module.example) {
+                    (Some(_), None) => {}
+                    (None, Some(example)) => {
+                        if !crate::examples::EXAMPLES.iter().any(|e| e.name == example) {
+                            let names: Vec<&str> = crate::examples::EXAMPLES.iter().map(|e| e.name).collect();
+                            return Err(format!("{at}: there is no example `{example}`; the examples are {names:?}"));
+                        }
+                    }
+                    _ => return Err(format!("{at}: give exactly one of `path` and `example`")),
+                }
+                for grant in &module.models {
+                    let granted = self
+                        .models
+                        .iter()
+                        .filter(|m| grant.covers(m.name.as_str(), m.version.as_str()))
+                        .any(|m| tenant.grants.iter().any(|g| g.covers(m.name.as_str(), m.version.as_str())));
+                    if !granted {
+                        return Err(format!("{at}: model `{grant}` is not among the tenant's grants"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_tenant_limits(limits: &TenantLimits) -> Result<(), String> {
+    if limits.max_concurrent == 0 {
+        return Err("max_concurrent is 0, so no request could run".to_owned());
+    }
+    if limits.max_body_bytes == 0 {
+        return Err("max_body_bytes is 0".to_owned());
+    }
+    if limits.infer_deadline_ms == 0 {
+        return Err("infer_deadline_ms is 0".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+    fn parse(text: &str) -> Result<NodeConfig, String> {
+        NodeConfig::parse(text, Path::new("/etc/mantle"))
+    }
+
+    #[test]
+    fn a_full_configuration_parses_and_paths_are_relative_to_it() {
+        let config = parse(&format!(
+            r#"
+            [[model]]
+            name = "efficientnet-lite0"
+            path = "models/e.onnx"
+            pin = {{ N = 1 }}
+
+            [[tenant]]
+            id = "acme"
+            key_sha256 = ["{KEY}"]
+            grants = ["efficientnet-lite0@1"]
+            limits = {{ max_concurrent = 2 }}
+
+            [[tenant.module]]
+            id = "classify"
+            path = "guests/c.wasm"
+            models = ["efficientnet-lite0"]
+            config = {{ top = "5" }}
+            "#
+        ))
+        .expect("parses");
+        assert_eq!(config.models[0].path, Path::new("/etc/mantle/models/e.onnx"));
+        assert_eq!(config.models[0].version.as_str(), "1");
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.limits.max_concurrent, 2);
+        assert_eq!(tenant.limits.max_queued, TenantLimits::default().max_queued);
+        assert_eq!(tenant.modules[0].path.as_deref(), Some(Path::new("/etc/mantle/guests/c.wasm")));
+    }
+
+    #[test]
+    fn mistakes_are_reported_at_the_field() {
+        let unknown = parse("[node]\nshutdown_grace = 5\n").expect_err("unknown field");
+        assert!(unknown.contains("line 2") && unknown.contains("unknown field `shutdown_grace`"), "{unknown}");
+
+        let bad_id = parse(&format!("[[tenant]]\nid = \"Acme Corp\"\nkey_sha256 = [\"{KEY}\"]\n")).expect_err("bad id");
+        assert!(bad_id.contains("line 2") && bad_id.contains("`Acme Corp` is not a valid id"), "{bad_id}");
+
+        let bad_key = parse("[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"secret\"]\n").expect_err("bad hash");
+        assert!(bad_key.contains("line 3") && bad_key.contains("64 hex digits"), "{bad_key}");
+    }
+
+    #[test]
+    fn grants_must_name_configured_models() {
+        let ungranted = parse(&format!(
+            "[[model]]\nname = \"m\"\npath = \"m.onnx\"\n[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n\
+             [[tenant.module]]\nid = \"x\"\nexample = \"text-embed\"\nmodels = [\"m\"]\n"
+        ))
+        .expect_err("module model outside tenant grants");
+        assert!(ungranted.contains("module `x`: model `m` is not among the tenant's grants"), "{ungranted}");
+
+        let missing = parse(&format!("[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\ngrants = [\"m@2\"]\n"))
+            .expect_err("grant of nothing");
+        assert!(missing.contains("grant `m@2` names no configured model"), "{missing}");
+    }
+}

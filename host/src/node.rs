@@ -1,0 +1,211 @@
+//! What a node serves, resolved once at start-up from its configuration:
+//! the models it holds, and its tenants with their keys, grants, limits and
+//! compiled guest modules. Per request there is only a lookup left to do.
+
+use crate::config::{Grant, Id, KeyHash, ModelConfig, ModuleConfig, Name, NodeConfig, TenantConfig, TenantLimits};
+use crate::examples::{DEMO_TENANT, EXAMPLES};
+use crate::models::{LoadError, LoadOptions, Model};
+use crate::runtime::{GuestModule, ModuleLimits, ModuleSpec, Runtime, RuntimeConfig, SetupError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a node could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    #[error("cannot read module `{module}` of tenant `{tenant}` from {}", path.display())]
+    ReadModule { tenant: String, module: String, path: PathBuf, source: std::io::Error },
+    #[error("tenant `{tenant}`")]
+    Module { tenant: String, source: SetupError },
+    #[error(transparent)]
+    Runtime(#[from] SetupError),
+}
+
+/// One version of a model the node holds.
+#[derive(Debug)]
+pub struct HeldModel {
+    pub name: String,
+    pub version: String,
+    pub model: Arc<Model>,
+}
+
+/// A tenant as the node serves it.
+pub struct Tenant {
+    pub id: String,
+    pub limits: TenantLimits,
+    pub(crate) key_hashes: Vec<KeyHash>,
+    /// The model versions the tenant was granted, in configuration order.
+    models: Vec<Arc<HeldModel>>,
+    modules: BTreeMap<String, GuestModule>,
+}
+
+impl Tenant {
+    pub fn module(&self, id: &str) -> Option<&GuestModule> {
+        self.modules.get(id)
+    }
+
+    /// A granted model by name and, optionally, version. Without a version
+    /// it is the granted version listed last in the configuration.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Option<&Arc<HeldModel>> {
+        self.models.iter().rev().find(|m| m.name == name && version.is_none_or(|v| v == m.version))
+    }
+
+    /// Every version of `name` the tenant was granted.
+    pub fn versions(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.models.iter().filter(move |m| m.name == name).map(|m| m.version.as_str())
+    }
+}
+
+/// Everything a node serves.
+pub struct Node {
+    pub runtime: Runtime,
+    tenants: BTreeMap<String, Arc<Tenant>>,
+    /// The tenant of requests that carry no key, only when serving the
+    /// bundled examples with no configuration.
+    open_tenant: Option<Arc<Tenant>>,
+    pub shutdown_grace: Duration,
+}
+
+impl Node {
+    /// Loads every model and compiles every module of `config`.
+    pub fn build(config: &NodeConfig) -> Result<Node, NodeError> {
+        Self::build_inner(config, None)
+    }
+
+    /// The bundled example guests and their models from `models_dir`, as
+    /// tenant `demo`, reachable without a key.
+    pub fn examples(models_dir: &Path) -> Result<Node, NodeError> {
+        Self::build_inner(&examples_config(models_dir), Some(DEMO_TENANT))
+    }
+
+    fn build_inner(config: &NodeConfig, open_tenant: Option<&str>) -> Result<Node, NodeError> {
+        let settings = &config.node;
+        let runtime = Runtime::new(&RuntimeConfig {
+            max_instances: settings.max_instances,
+            inference_threads: (settings.inference_threads > 0).then_some(settings.inference_threads),
+        })?;
+        let held = config.models.iter().map(load_model).collect::<Result<Vec<_>, _>>()?;
+        let mut tenants = BTreeMap::new();
+        for tenant in &config.tenants {
+            let built = build_tenant(&runtime, tenant, &held)?;
+            tenants.insert(built.id.clone(), Arc::new(built));
+        }
+        let open_tenant = open_tenant.and_then(|id| tenants.get(id)).cloned();
+        Ok(Node { runtime, tenants, open_tenant, shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms) })
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
+    /// The tenant of requests without a key, if the node has one.
+    pub fn open_tenant(&self) -> Option<&Arc<Tenant>> {
+        self.open_tenant.as_ref()
+    }
+}
+
+fn load_model(config: &ModelConfig) -> Result<Arc<HeldModel>, LoadError> {
+    let options = LoadOptions { pinned_dims: config.pin.clone() };
+    let model = Model::load(config.name.as_str(), &config.path, &options)?;
+    Ok(Arc::new(HeldModel {
+        name: config.name.to_string(),
+        version: config.version.to_string(),
+        model: Arc::new(model),
+    }))
+}
+
+fn covered<'a>(grants: &'a [Grant], held: &'a [Arc<HeldModel>]) -> impl Iterator<Item = &'a Arc<HeldModel>> {
+    held.iter().filter(|m| grants.iter().any(|g| g.covers(&m.name, &m.version)))
+}
+
+fn build_tenant(runtime: &Runtime, config: &TenantConfig, held: &[Arc<HeldModel>]) -> Result<Tenant, NodeError> {
+    let tenant = config.id.to_string();
+    let models: Vec<Arc<HeldModel>> = covered(&config.grants, held).cloned().collect();
+    let mut modules = BTreeMap::new();
+    for module in &config.modules {
+        let compiled = build_module(runtime, &tenant, module, &models)?;
+        modules.insert(module.id.to_string(), compiled);
+    }
+    Ok(Tenant { id: tenant, limits: config.limits, key_hashes: config.key_sha256.clone(), models, modules })
+}
+
+fn build_module(
+    runtime: &Runtime,
+    tenant: &str,
+    config: &ModuleConfig,
+    granted: &[Arc<HeldModel>],
+) -> Result<GuestModule, NodeError> {
+    // A guest loads `name@version`, or `name` for the version listed last.
+    let mut grants = BTreeMap::new();
+    for held in covered(&config.models, granted) {
+        grants.insert(format!("{}@{}", held.name, held.version), Arc::clone(&held.model));
+        grants.insert(held.name.clone(), Arc::clone(&held.model));
+    }
+    let spec = ModuleSpec {
+        id: config.id.to_string(),
+        tenant: tenant.to_owned(),
+        grants,
+        limits: ModuleLimits {
+            memory_bytes: config.limits.memory_mib.saturating_mul(1 << 20),
+            deadline: Duration::from_millis(config.limits.deadline_ms),
+        },
+        config: config.config.clone(),
+    };
+    let wasm = match (&config.path, &config.example) {
+        (Some(path), _) => std::borrow::Cow::Owned(std::fs::read(path).map_err(|source| NodeError::ReadModule {
+            tenant: tenant.to_owned(),
+            module: config.id.to_string(),
+            path: path.clone(),
+            source,
+        })?),
+        (None, example) => {
+            let example = EXAMPLES.iter().find(|e| Some(e.name) == example.as_deref());
+            std::borrow::Cow::Borrowed(example.map_or(&[][..], |e| e.wasm))
+        }
+    };
+    runtime.load_module(spec, &wasm).map_err(|source| NodeError::Module { tenant: tenant.to_owned(), source })
+}
+
+/// The configuration of the bundled examples: each example model from
+/// `models_dir`, and tenant `demo` running every example guest.
+fn examples_config(models_dir: &Path) -> NodeConfig {
+    let grant = |name: &str| Grant { name: Name(name.to_owned()), version: None };
+    let models = EXAMPLES
+        .iter()
+        .map(|example| ModelConfig {
+            name: Name(example.model.to_owned()),
+            version: Name("1".to_owned()),
+            path: example.model_path(models_dir),
+            pin: example.load_options().pinned_dims,
+        })
+        .collect();
+    let modules = EXAMPLES
+        .iter()
+        .map(|example| ModuleConfig {
+            id: Id(example.name.to_owned()),
+            path: None,
+            example: Some(example.name.to_owned()),
+            models: vec![grant(example.model)],
+            limits: Default::default(),
+            config: BTreeMap::new(),
+        })
+        .collect();
+    NodeConfig {
+        node: Default::default(),
+        models,
+        tenants: vec![TenantConfig {
+            id: Id(DEMO_TENANT.to_owned()),
+            key_sha256: Vec::new(),
+            grants: EXAMPLES.iter().map(|e| grant(e.model)).collect(),
+            limits: TenantLimits::default(),
+            modules,
+        }],
+    }
+}

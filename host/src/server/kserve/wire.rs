@@ -1,0 +1,266 @@
+//! The KServe V2 (Open Inference Protocol) wire format of inference
+//! requests and responses: JSON tensors, and the binary tensor data
+//! extension, in which a JSON header of `Inference-Header-Content-Length`
+//! bytes is followed by the raw tensors.
+
+use crate::models::{ElementType, HostTensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The header that gives the length of the JSON part of a binary message.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// An inference request as sent.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    pub inputs: Vec<InputTensor>,
+    #[serde(default)]
+    pub outputs: Vec<RequestedOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InputTensor {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub datatype: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub outputs: Vec<OutputTensor>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputTensor {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub parameters: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// The protocol's name of an element type.
+pub fn datatype_name(element_type: ElementType) -> &'static str {
+    match element_type {
+        ElementType::F16 => "FP16",
+        ElementType::F32 => "FP32",
+        ElementType::F64 => "FP64",
+        ElementType::U8 => "UINT8",
+        ElementType::I32 => "INT32",
+        ElementType::I64 => "INT64",
+    }
+}
+
+fn element_type(datatype: &str) -> Result<ElementType, String> {
+    Ok(match datatype {
+        "FP16" => ElementType::F16,
+        "FP32" => ElementType::F32,
+        "FP64" => ElementType::F64,
+        "UINT8" => ElementType::U8,
+        "INT32" => ElementType::I32,
+        "INT64" => ElementType::I64,
+        other => {
+            return Err(format!("datatype `{other}` is not supported; use FP16, FP32, FP64, UINT8, INT32 or INT64"));
+        }
+    })
+}
+
+/// Splits a request body into its JSON header and binary part.
+pub fn split_body<'a>(body: &'a [u8], header_length: Option<&str>) -> Result<(&'a [u8], &'a [u8]), String> {
+    let Some(length) = header_length else {
+        return Ok((body, &[]));
+    };
+    let length: usize =
+        length.trim().parse().map_err(|_| format!("Inference-Header-Content-Length `{length}` is not a byte count"))?;
+    if length > body.len() {
+        return Err(format!("Inference-Header-Content-Length is {length}, but the body has only {} bytes", body.len()));
+    }
+    Ok(body.split_at(length))
+}
+
+/// The tensors of `request`, with their data taken from the JSON `data`
+/// fields or, in order, from `binary`.
+pub fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<(String, HostTensor)>, String> {
+    let mut rest = binary;
+    let mut tensors = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        let at = |message: String| format!("input `{}`: {message}", input.name);
+        let element_type = element_type(&input.datatype).map_err(at)?;
+        let shape = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| at(format!("dimension {d} is too large"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let expected = HostTensor::expected_len(element_type, &shape).map_err(at)?;
+        let data = match (input.parameters.get("binary_data_size"), &input.data) {
+            (Some(size), None) => {
+                let size = size
+                    .as_u64()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .ok_or_else(|| at("binary_data_size must be a byte count".to_owned()))?;
+                if size > rest.len() {
+                    return Err(at(format!(
+                        "binary_data_size is {size}, but only {} bytes of binary data are left",
+                        rest.len()
+                    )));
+                }
+                let (data, after) = rest.split_at(size);
+                rest = after;
+                data.to_vec()
+            }
+            (None, Some(data)) => encode_json(data, element_type, expected / element_type.size()).map_err(at)?,
+            (Some(_), Some(_)) => return Err(at("has both binary_data_size and data".to_owned())),
+            (None, None) => return Err(at("has neither data nor binary_data_size".to_owned())),
+        };
+        if data.len() != expected {
+            return Err(at(format!(
+                "shape {shape:?} of {} needs {} elements, but {} were given",
+                input.datatype,
+                expected / element_type.size(),
+                data.len() / element_type.size()
+            )));
+        }
+        tensors.push((input.name.clone(), HostTensor { element_type, shape, data }));
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes of binary data follow the last binary input", rest.len()));
+    }
+    Ok(tensors)
+}
+
+/// Converts JSON numbers, flat or nested in row-major order, to
+/// little-endian elements.
+fn encode_json(data: &Value, element_type: ElementType, capacity: usize) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::with_capacity(capacity.saturating_mul(element_type.size()).min(1 << 28));
+    let mut stack = vec![data];
+    let mut pending = Vec::new();
+    // Depth-first, keeping order: arrays are pushed reversed.
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Array(items) => stack.extend(items.iter().rev()),
+            Value::Number(number) => {
+                pending.clear();
+                push_element(number, element_type, &mut pending)?;
+                bytes.extend_from_slice(&pending);
+            }
+            other => return Err(format!("data holds {other}, which is not a number")),
+        }
+    }
+    Ok(bytes)
+}
+
+fn push_element(number: &serde_json::Number, element_type: ElementType, out: &mut Vec<u8>) -> Result<(), String> {
+    let out_of_range = || format!("{number} is not a valid {}", datatype_name(element_type));
+    let float = || number.as_f64().ok_or_else(out_of_range);
+    let integer = || number.as_i64().ok_or_else(out_of_range);
+    match element_type {
+        ElementType::F16 => out.extend_from_slice(&half::f16::from_f64(float()?).to_le_bytes()),
+        ElementType::F32 => out.extend_from_slice(&(float()? as f32).to_le_bytes()),
+        ElementType::F64 => out.extend_from_slice(&float()?.to_le_bytes()),
+        ElementType::U8 => out.push(u8::try_from(integer()?).map_err(|_| out_of_range())?),
+        ElementType::I32 => {
+            out.extend_from_slice(&i32::try_from(integer()?).map_err(|_| out_of_range())?.to_le_bytes())
+        }
+        ElementType::I64 => out.extend_from_slice(&integer()?.to_le_bytes()),
+    }
+    Ok(())
+}
+
+/// The elements of `tensor` as JSON numbers, flat in row-major order.
+pub fn decode_json(tensor: &HostTensor) -> Value {
+    fn each<const N: usize, T: Into<Value>>(data: &[u8], convert: impl Fn([u8; N]) -> T) -> Value {
+        Value::Array(
+            data.chunks_exact(N)
+                .map(|chunk| {
+                    let mut bytes = [0; N];
+                    bytes.copy_from_slice(chunk);
+                    convert(bytes).into()
+                })
+                .collect(),
+        )
+    }
+    let data = &tensor.data;
+    match tensor.element_type {
+        ElementType::F16 => each(data, |b| half::f16::from_le_bytes(b).to_f64()),
+        ElementType::F32 => each(data, |b| f64::from(f32::from_le_bytes(b))),
+        ElementType::F64 => each(data, f64::from_le_bytes),
+        ElementType::U8 => each(data, |[b]: [u8; 1]| b),
+        ElementType::I32 => each(data, i32::from_le_bytes),
+        ElementType::I64 => each(data, i64::from_le_bytes),
+    }
+}
+
+/// Whether a parameter map says `name = true`.
+pub fn flag(parameters: &Map<String, Value>, name: &str) -> Option<bool> {
+    parameters.get(name).and_then(Value::as_bool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: Value) -> InferRequest {
+        serde_json::from_value(json).expect("a valid request")
+    }
+
+    #[test]
+    fn nested_and_flat_json_data_give_the_same_bytes() {
+        let nested = request(serde_json::json!({"inputs": [
+            {"name": "x", "shape": [2, 2], "datatype": "INT32", "data": [[1, -2], [3, 4]]}]}));
+        let flat = request(serde_json::json!({"inputs": [
+            {"name": "x", "shape": [2, 2], "datatype": "INT32", "data": [1, -2, 3, 4]}]}));
+        let expected: Vec<u8> = [1i32, -2, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(decode_inputs(&nested, &[]).expect("decodes")[0].1.data, expected);
+        assert_eq!(decode_inputs(&flat, &[]).expect("decodes")[0].1.data, expected);
+    }
+
+    #[test]
+    fn binary_inputs_are_taken_in_order_and_must_add_up() {
+        let req = request(serde_json::json!({"inputs": [
+            {"name": "a", "shape": [2], "datatype": "UINT8", "parameters": {"binary_data_size": 2}},
+            {"name": "b", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]}));
+        let binary = [7, 8, 0, 0, 128, 63];
+        let tensors = decode_inputs(&req, &binary).expect("decodes");
+        assert_eq!(tensors[0].1.data, [7, 8]);
+        assert_eq!(tensors[1].1.data, 1.0f32.to_le_bytes());
+        let extra = decode_inputs(&req, &[0; 7]).expect_err("one byte too many");
+        assert!(extra.contains("1 bytes of binary data follow"), "{extra}");
+        let short = decode_inputs(&req, &[0; 5]).expect_err("one byte short");
+        assert!(short.contains("input `b`"), "{short}");
+    }
+
+    #[test]
+    fn wrong_element_counts_and_values_name_the_input() {
+        let short = request(serde_json::json!({"inputs": [
+            {"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0]}]}));
+        let message = decode_inputs(&short, &[]).expect_err("two of three");
+        assert!(message.contains("input `x`") && message.contains("needs 3 elements, but 2"), "{message}");
+        let overflow = request(serde_json::json!({"inputs": [
+            {"name": "y", "shape": [1], "datatype": "UINT8", "data": [300]}]}));
+        assert!(decode_inputs(&overflow, &[]).expect_err("300 is no u8").contains("300 is not a valid UINT8"));
+        let text = request(serde_json::json!({"inputs": [
+            {"name": "z", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}));
+        assert!(decode_inputs(&text, &[]).expect_err("BYTES").contains("`BYTES` is not supported"));
+    }
+}

@@ -1,0 +1,146 @@
+//! The node's Prometheus metrics: requests, latencies, guest and inference
+//! time, bytes, live instances and queue depth, per tenant, module and
+//! model, served at `/metrics` in the OpenMetrics text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+/// The content type of [`NodeMetrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    module: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    tenant: String,
+    module: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+/// Request durations from 1 ms to about 33 s.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric the node exports.
+pub struct NodeMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram>,
+    guest_seconds: Family<RouteLabels, Histogram>,
+    inference_seconds: Family<ModelLabels, Histogram>,
+    received_bytes: Family<TenantLabels, Counter>,
+    sent_bytes: Family<TenantLabels, Counter>,
+    live_instances: Gauge,
+    running: Family<TenantLabels, Gauge>,
+    queued: Family<TenantLabels, Gauge>,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeMetrics {
+    pub fn new() -> Self {
+        let metrics = NodeMetrics {
+            registry: Registry::with_prefix("mantle"),
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(duration_histogram),
+            guest_seconds: Family::new_with_constructor(duration_histogram),
+            inference_seconds: Family::new_with_constructor(duration_histogram),
+            received_bytes: Family::default(),
+            sent_bytes: Family::default(),
+            live_instances: Gauge::default(),
+            running: Family::default(),
+            queued: Family::default(),
+        };
+        let mut registry = metrics.registry;
+        registry.register("requests", "Requests answered, by tenant, module and status", metrics.requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to answering it",
+            metrics.request_seconds.clone(),
+        );
+        registry.register(
+            "guest_duration_seconds",
+            "Time a guest instance ran for a request, inference included",
+            metrics.guest_seconds.clone(),
+        );
+        registry.register(
+            "inference_duration_seconds",
+            "Time of one model computation, by model",
+            metrics.inference_seconds.clone(),
+        );
+        registry.register("received_bytes", "Request body bytes received, by tenant", metrics.received_bytes.clone());
+        registry.register("sent_bytes", "Response body bytes sent, by tenant", metrics.sent_bytes.clone());
+        registry.register("live_instances", "Guest instances running now", metrics.live_instances.clone());
+        registry.register("running_requests", "Requests running now, by tenant", metrics.running.clone());
+        registry.register("queued_requests", "Requests waiting for a turn, by tenant", metrics.queued.clone());
+        NodeMetrics { registry, ..metrics }
+    }
+
+    /// Counts an answered request. `tenant` and `module` are empty when the
+    /// request was refused before they were known.
+    pub fn request(&self, tenant: &str, module: &str, status: u16, elapsed: Duration, sent: u64) {
+        let route = RouteLabels { tenant: tenant.to_owned(), module: module.to_owned() };
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: route.tenant.clone(),
+                module: route.module.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.request_seconds.get_or_create(&route).observe(elapsed.as_secs_f64());
+        self.sent_bytes.get_or_create(&TenantLabels { tenant: route.tenant }).inc_by(sent);
+    }
+
+    pub fn received(&self, tenant: &str, bytes: u64) {
+        self.received_bytes.get_or_create(&TenantLabels { tenant: tenant.to_owned() }).inc_by(bytes);
+    }
+
+    pub fn guest_time(&self, tenant: &str, module: &str, elapsed: Duration) {
+        let route = RouteLabels { tenant: tenant.to_owned(), module: module.to_owned() };
+        self.guest_seconds.get_or_create(&route).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn inference(&self, model: &str, elapsed: Duration) {
+        self.inference_seconds.get_or_create(&ModelLabels { model: model.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the gauges that are read rather than counted.
+    pub fn set_load(&self, live_instances: usize, tenants: impl Iterator<Item = (String, usize, usize)>) {
+        self.live_instances.set(live_instances as i64);
+        for (tenant, running, queued) in tenants {
+            self.running.get_or_create(&TenantLabels { tenant: tenant.clone() }).set(running as i64);
+            self.queued.get_or_create(&TenantLabels { tenant }).set(queued as i64);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

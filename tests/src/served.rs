@@ -1,0 +1,366 @@
+//! A real `mantle serve` process on a free loopback port, an HTTP client
+//! for it, and the Python `tritonclient` the KServe tests drive it with.
+//! Every wait is bounded, and the process is killed when dropped.
+
+use crate::{mantle_binary, model_path, repo_root, target_dir};
+use mantle::examples::EXAMPLES;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use ureq::http;
+
+/// How long a node may take from spawning to listening.
+const START_LIMIT: Duration = Duration::from_secs(120);
+/// How long one HTTP exchange may take.
+const REQUEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// A running `mantle serve`.
+pub struct ServedNode {
+    child: Child,
+    base: String,
+    /// Lines of stdout after the first, as they come.
+    stdout: Mutex<Receiver<String>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    agent: ureq::Agent,
+    _config_dir: Option<tempfile::TempDir>,
+}
+
+/// An HTTP answer, whatever its status.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `error` message of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error message in {}", self.text())).to_owned()
+    }
+}
+
+impl ServedNode {
+    /// Serves the node that `config` (TOML) describes.
+    pub fn with_config(config: &str) -> ServedNode {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, config).expect("write the configuration");
+        Self::start(&["--config".as_ref(), path.as_os_str()], Some(dir))
+    }
+
+    /// Serves the bundled examples as `mantle serve` does with no
+    /// configuration, from the repository root.
+    pub fn demo() -> ServedNode {
+        Self::start(&[], None)
+    }
+
+    fn start(args: &[&std::ffi::OsStr], config_dir: Option<tempfile::TempDir>) -> ServedNode {
+        let mut child = Command::new(mantle_binary())
+            .current_dir(repo_root())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mantle serve starts");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        // Drained all along: a node logs every request, and a full pipe
+        // would block it.
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = stderr_pipe.read(&mut chunk) {
+                sink.lock().expect("stderr buffer").extend_from_slice(&chunk[..n]);
+            }
+        });
+        let stdout_pipe = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_LIMIT))
+            .build()
+            .into();
+        let mut node = ServedNode {
+            child,
+            base: String::new(),
+            stdout: Mutex::new(lines),
+            stderr,
+            agent,
+            _config_dir: config_dir,
+        };
+        let first = node.next_stdout_line(START_LIMIT);
+        let base = first
+            .strip_prefix("mantle listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}; stderr: {}", node.stderr()));
+        node.base = base.to_owned();
+        node
+    }
+
+    /// The next line the node prints on stdout.
+    pub fn next_stdout_line(&self, limit: Duration) -> String {
+        match self.stdout.lock().expect("stdout lines").recv_timeout(limit) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("mantle printed nothing within {limit:?}: {}", self.stderr()),
+            Err(RecvTimeoutError::Disconnected) => panic!("mantle closed stdout; stderr: {}", self.stderr()),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `host:port`, as `tritonclient` takes it.
+    pub fn host_port(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned()
+    }
+
+    /// Waits until the node has logged `needle`.
+    pub fn wait_for_stderr(&self, needle: &str, limit: Duration) {
+        let started = Instant::now();
+        while !self.stderr().contains(needle) {
+            assert!(started.elapsed() < limit, "mantle did not log {needle:?} within {limit:?}: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `method path` with `body`, presenting `key` if given.
+    pub fn send(&self, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> Reply {
+        self.send_with(method, path, key, &[], body)
+    }
+
+    /// Sends `method path` with extra `headers` and `body`.
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut request = http::Request::builder().method(method).uri(self.url(path));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body.to_vec()).expect("a valid request");
+        self.exchange(request)
+    }
+
+    pub fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        let mut request = http::Request::get(self.url(path));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        self.exchange(request.body(()).expect("a valid request"))
+    }
+
+    pub fn post(&self, path: &str, key: Option<&str>, body: &[u8]) -> Reply {
+        self.send("POST", path, key, body)
+    }
+
+    /// Sends `body` in chunks with no `Content-Length`.
+    pub fn post_chunked(&self, path: &str, key: Option<&str>, body: &[u8]) -> Reply {
+        let mut reader = body;
+        let mut request = http::Request::post(self.url(path));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request.body(ureq::SendBody::from_reader(&mut reader)).expect("a valid request");
+        self.exchange(request)
+    }
+
+    fn exchange(&self, request: http::Request<impl ureq::AsSendBody>) -> Reply {
+        let what = format!("{} {}", request.method(), request.uri());
+        let mut response =
+            self.agent.run(request).unwrap_or_else(|e| panic!("{what} failed: {e}; stderr: {}", self.stderr()));
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_vec()
+            .unwrap_or_else(|e| panic!("reading the answer to {what}: {e}"));
+        Reply { status: response.status().as_u16(), headers: response.headers().clone(), body }
+    }
+
+    /// The node's metrics now.
+    pub fn metrics(&self) -> Metrics {
+        let reply = self.get("/metrics", None);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        Metrics::parse(&reply.text())
+    }
+
+    /// Polls the metrics until `ready` holds, for at most `limit`.
+    pub fn wait_for_metrics(&self, limit: Duration, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+        let started = Instant::now();
+        loop {
+            let metrics = self.metrics();
+            if ready(&metrics) {
+                return metrics;
+            }
+            assert!(started.elapsed() < limit, "the metrics did not reach the expected state within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM, as an operator or a service manager stops a node.
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) with a valid signal number has no memory effects.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM reaches mantle");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for mantle") {
+                return status.code();
+            }
+            assert!(started.elapsed() < limit, "mantle did not exit within {limit:?}; stderr: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scrape of `/metrics`: every sample by metric name and labels.
+pub struct Metrics {
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample line: {line}"));
+                let value: f64 = value.parse().unwrap_or_else(|_| panic!("a sample value: {line}"));
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split("\",")
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (key, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("a label: {line}"));
+                        (key.to_owned(), value.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels, value)
+            })
+            .collect();
+        Metrics { samples }
+    }
+
+    /// The sample of `name` whose labels include `labels`, or 0 when there
+    /// is none yet.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).is_some_and(|x| x == v)))
+            .map(|(_, _, value)| *value)
+            .collect();
+        assert!(matching.len() <= 1, "{name} {labels:?} names {} series", matching.len());
+        matching.first().copied().unwrap_or(0.0)
+    }
+}
+
+/// The hex SHA-256 of an API key, as a configuration stores it.
+pub fn key_sha256(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// `[[model]]` tables for the repository's example models, pinned as the
+/// bundled examples pin them.
+pub fn model_tables(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            let example =
+                EXAMPLES.iter().find(|e| e.model == *name).unwrap_or_else(|| panic!("no example model {name}"));
+            let pins: Vec<String> = example.pinned_dims.iter().map(|(dim, size)| format!("{dim} = {size}")).collect();
+            format!(
+                "[[model]]\nname = \"{name}\"\npath = '{}'\npin = {{ {} }}\n\n",
+                model_path(name).display(),
+                pins.join(", ")
+            )
+        })
+        .collect()
+}
+
+/// A Python with the packages of `tests/python/requirements.txt`, in a
+/// virtual environment under the target directory, made on first use and
+/// remade when the requirements change.
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let requirements = repo_root().join("tests/python/requirements.txt");
+        let wanted = std::fs::read_to_string(&requirements).expect("tests/python/requirements.txt");
+        let venv = target_dir().join("python-venv");
+        let python = venv.join("bin/python");
+        let stamp = venv.join("mantle-requirements.txt");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
+            return python;
+        }
+        let run = |command: &mut Command| {
+            let status = command.status().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+            assert!(status.success(), "{command:?} failed");
+        };
+        let interpreter = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+        run(Command::new(interpreter).args(["-m", "venv", "--clear"]).arg(&venv));
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements));
+        std::fs::write(&stamp, wanted).expect("write the venv stamp");
+        python
+    })
+}

@@ -1,0 +1,443 @@
+//! `mantle serve` as its users meet it: a real process on a loopback port,
+//! real HTTP, the real `tritonclient`, and the same answers as `mantle run`.
+
+use mantle_tests::served::{Reply, ServedNode, key_sha256, model_tables, python};
+use mantle_tests::{example_wasm, model_grant, node, programs, repo_root, run_mantle, sample};
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+const ALPHA_KEY: &str = "mk_alpha_0123456789abcdef";
+const BETA_KEY: &str = "mk_beta_fedcba9876543210";
+const IMAGE_MODEL: &str = "efficientnet-lite0";
+const TEXT_MODEL: &str = "minilm-l6";
+const SPEECH_MODEL: &str = "silero-vad";
+
+/// A `[[tenant]]` table with the tenant's key and grants; `extra` is more
+/// of the table (limits, modules), written after it.
+fn tenant(id: &str, key: &str, grants: &[&str], extra: &str) -> String {
+    format!("[[tenant]]\nid = \"{id}\"\nkey_sha256 = [\"{}\"]\ngrants = {grants:?}\n{extra}\n", key_sha256(key))
+}
+
+/// A `[[tenant.module]]` table for a bundled example granted `models`.
+fn example_module(id: &str, example: &str, models: &[&str]) -> String {
+    format!("[[tenant.module]]\nid = \"{id}\"\nexample = \"{example}\"\nmodels = {models:?}\n\n")
+}
+
+/// A `[[tenant.module]]` table for a test program with a deadline.
+fn program_module(id: &str, wasm: &str, deadline_ms: u64) -> String {
+    format!("[[tenant.module]]\nid = \"{id}\"\npath = '{wasm}'\nlimits = {{ deadline_ms = {deadline_ms} }}\n\n")
+}
+
+fn assert_status(reply: &Reply, status: u16, what: &str) {
+    assert_eq!(reply.status, status, "{what}: {}", reply.text());
+}
+
+#[test]
+fn the_demo_node_prints_a_curl_line_that_works_as_printed() {
+    let node = ServedNode::demo();
+    let banner: Vec<String> = std::iter::from_fn(|| Some(node.next_stdout_line(Duration::from_secs(10))))
+        .take_while(|l| !l.starts_with("Stop"))
+        .collect();
+    let curl = banner
+        .iter()
+        .map(|line| line.trim())
+        .find(|line| line.starts_with("curl "))
+        .unwrap_or_else(|| panic!("the banner shows a curl line: {banner:#?}"));
+    assert!(curl.contains(node.base()), "{curl} calls this node");
+    node.wait_for_stderr("no API key", Duration::from_secs(10));
+
+    // Exactly as printed, from where the README runs it.
+    let output = std::process::Command::new("sh")
+        .args(["-c", &format!("{curl} --silent --show-error --max-time 60")])
+        .current_dir(repo_root())
+        .output()
+        .expect("curl runs");
+    assert!(output.status.success(), "{curl}: {}", String::from_utf8_lossy(&output.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("curl printed JSON");
+    assert_eq!(answer["top"][0]["label"], "tiger cat", "{answer}");
+}
+
+#[test]
+fn each_guest_route_answers_what_mantle_run_answers() {
+    let config = format!(
+        "{}{}",
+        model_tables(&[IMAGE_MODEL, TEXT_MODEL, SPEECH_MODEL]),
+        tenant(
+            "alpha",
+            ALPHA_KEY,
+            &[IMAGE_MODEL, TEXT_MODEL, SPEECH_MODEL],
+            &[
+                example_module("image-classify", "image-classify", &[IMAGE_MODEL]),
+                example_module("text-embed", "text-embed", &[TEXT_MODEL]),
+                example_module("speech-detect", "speech-detect", &[SPEECH_MODEL]),
+            ]
+            .concat()
+        )
+    );
+    let served = ServedNode::with_config(&config);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cases: [(&str, &str, Option<&str>, Vec<u8>); 4] = [
+        ("image-classify", IMAGE_MODEL, Some("N=1"), sample("chelsea.png")),
+        ("image-classify", IMAGE_MODEL, Some("N=1"), sample("coffee.png")),
+        ("text-embed", TEXT_MODEL, Some("batch=1"), b"The quick brown fox jumps over the lazy dog".to_vec()),
+        ("speech-detect", SPEECH_MODEL, None, sample("speech.wav")),
+    ];
+    for (example, model, pin, input) in cases {
+        let over_http = served.post(&format!("/t/alpha/{example}"), Some(ALPHA_KEY), &input);
+        assert_status(&over_http, 200, example);
+        assert_eq!(over_http.header("content-type"), Some("application/json"), "{example}");
+
+        let module = example_wasm(dir.path(), example);
+        let grant = model_grant(model);
+        let mut args = vec!["run", module.as_str(), "--model", grant.as_str()];
+        let pin = pin.map(|p| format!("{model}:{p}"));
+        if let Some(pin) = &pin {
+            args.extend(["--pin", pin.as_str()]);
+        }
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let offline = run_mantle(&args, &input, Duration::from_secs(120));
+        assert_eq!(offline.code, Some(0), "{example}: {}", offline.stderr);
+        assert_eq!(over_http.body, offline.stdout, "{example}: HTTP and `mantle run` answer the same bytes");
+    }
+}
+
+#[test]
+fn a_guest_route_passes_the_request_through_and_tags_it() {
+    let config = tenant("alpha", ALPHA_KEY, &[], &program_module("echo", programs::ECHO, 10_000));
+    let served = ServedNode::with_config(&config);
+    let reply = served.send_with(
+        "PUT",
+        "/t/alpha/echo/photos/42?size=large&lang=en",
+        Some(ALPHA_KEY),
+        &[("x-camera", "north-gate"), ("x-request-id", "trace-7")],
+        b"twelve bytes",
+    );
+    assert_status(&reply, 200, "echo");
+    let seen = reply.json();
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/photos/42");
+    assert_eq!(seen["query"], "size=large&lang=en");
+    assert_eq!(seen["body_len"], 12);
+    assert_eq!(seen["tenant"], "alpha");
+    let headers = seen["headers"].as_array().expect("headers");
+    let header = |name: &str| headers.iter().find(|h| h[0] == name).map(|h| h[1].clone());
+    assert_eq!(header("x-camera"), Some("north-gate".into()));
+    assert_eq!(header("authorization"), None, "the tenant's key never reaches the guest");
+    // The caller's request id is the one the guest and the logs see.
+    assert_eq!(seen["request_id"], "trace-7");
+    assert_eq!(reply.header("x-request-id"), Some("trace-7"));
+
+    let fresh = served.post("/t/alpha/echo", Some(ALPHA_KEY), b"");
+    let id = fresh.header("x-request-id").expect("every answer carries a request id").to_owned();
+    assert_eq!(fresh.json()["request_id"], id.as_str());
+    served.wait_for_stderr(&id, Duration::from_secs(10));
+}
+
+/// Two tenants: alpha holds the image model and a module that may not use
+/// it; beta holds the text model.
+fn two_tenants() -> String {
+    format!(
+        "{}{}{}",
+        model_tables(&[IMAGE_MODEL, TEXT_MODEL]),
+        tenant(
+            "alpha",
+            ALPHA_KEY,
+            &[IMAGE_MODEL],
+            &[
+                example_module("image-classify", "image-classify", &[IMAGE_MODEL]),
+                example_module("ungranted", "image-classify", &[]),
+            ]
+            .concat()
+        ),
+        tenant("beta", BETA_KEY, &[TEXT_MODEL], &example_module("text-embed", "text-embed", &[TEXT_MODEL])),
+    )
+}
+
+#[test]
+fn keys_and_grants_decide_who_reaches_what() {
+    let served = ServedNode::with_config(&two_tenants());
+    let photo = sample("chelsea.png");
+
+    // No key, or a key no tenant has: 401, through both doors.
+    for key in [None, Some("mk_not_a_key")] {
+        let reply = served.post("/t/alpha/image-classify", key, &photo);
+        assert_status(&reply, 401, "guest route");
+        assert!(reply.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+        assert_status(&served.get(&format!("/v2/models/{IMAGE_MODEL}"), key), 401, "KServe");
+    }
+
+    // Another tenant's key: 403.
+    let reply = served.post("/t/alpha/image-classify", Some(BETA_KEY), &photo);
+    assert_status(&reply, 403, "beta calling alpha's module");
+    assert!(reply.error().contains("alpha"), "{}", reply.text());
+
+    // A model the tenant was not granted, through its guest and through KServe: 403.
+    let reply = served.post("/t/alpha/ungranted", Some(ALPHA_KEY), &photo);
+    assert_status(&reply, 403, "a guest loading an ungranted model");
+    assert!(reply.error().contains(IMAGE_MODEL), "{}", reply.text());
+    for path in [
+        format!("/v2/models/{TEXT_MODEL}"),
+        format!("/v2/models/{TEXT_MODEL}/ready"),
+        format!("/v2/models/{IMAGE_MODEL}/versions/2"),
+        "/v2/models/no-such-model".to_owned(),
+    ] {
+        let reply = served.get(&path, Some(ALPHA_KEY));
+        assert_status(&reply, 403, &path);
+        assert!(reply.error().contains("not granted"), "{path}: {}", reply.text());
+    }
+    let infer = br#"{"inputs":[{"name":"input_ids","shape":[1,2],"datatype":"INT64","data":[101,102]}]}"#;
+    assert_status(&served.post(&format!("/v2/models/{TEXT_MODEL}/infer"), Some(ALPHA_KEY), infer), 403, "infer");
+
+    // Each tenant still reaches its own.
+    let reply = served.post("/t/alpha/image-classify", Some(ALPHA_KEY), &photo);
+    assert_status(&reply, 200, "alpha's own module");
+    assert_eq!(reply.json()["top"][0]["label"], "tiger cat");
+    let reply = served.get(&format!("/v2/models/{TEXT_MODEL}"), Some(BETA_KEY));
+    assert_status(&reply, 200, "beta's own model");
+    assert_eq!(reply.json()["name"], TEXT_MODEL);
+}
+
+#[test]
+fn kserve_errors_are_json_with_the_reason() {
+    let served = ServedNode::with_config(&two_tenants());
+    let infer = format!("/v2/models/{IMAGE_MODEL}/infer");
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("not JSON", b"{\"inputs\": [", "not a valid inference request"),
+        (
+            "wrong shape",
+            br#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","data":[1,2,3,4,5,6,7,8,9,10,11,12]}]}"#,
+            "input",
+        ),
+        (
+            "data shorter than the shape",
+            br#"{"inputs":[{"name":"input","shape":[1,3,224,224],"datatype":"FP32","data":[1,2]}]}"#,
+            "input",
+        ),
+        ("unknown input", br#"{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":[1]}]}"#, "pixels"),
+    ];
+    for (what, body, mentions) in cases {
+        let reply = served.post(&infer, Some(ALPHA_KEY), body);
+        assert_status(&reply, 400, what);
+        assert!(reply.error().contains(mentions), "{what}: {}", reply.text());
+    }
+    // The node keeps serving.
+    assert_status(&served.get(&format!("/v2/models/{IMAGE_MODEL}/ready"), Some(ALPHA_KEY)), 200, "ready");
+}
+
+#[test]
+fn an_oversized_body_gets_413_and_the_tenant_goes_on() {
+    let limits = "limits = { max_body_bytes = 4096 }\n";
+    let config = format!(
+        "{}{}",
+        model_tables(&[IMAGE_MODEL]),
+        tenant(
+            "alpha",
+            ALPHA_KEY,
+            &[IMAGE_MODEL],
+            &format!("{limits}{}", program_module("echo", programs::ECHO, 10_000))
+        )
+    );
+    let served = ServedNode::with_config(&config);
+    let big = vec![7u8; 64 * 1024];
+    assert_status(&served.post("/t/alpha/echo", Some(ALPHA_KEY), &big), 413, "declared length");
+    assert_status(&served.post_chunked("/t/alpha/echo", Some(ALPHA_KEY), &big), 413, "chunked");
+    let reply = served.post(&format!("/v2/models/{IMAGE_MODEL}/infer"), Some(ALPHA_KEY), &big);
+    assert_status(&reply, 413, "KServe");
+    assert!(reply.error().contains("4096"), "{}", reply.text());
+
+    let reply = served.post("/t/alpha/echo", Some(ALPHA_KEY), &big[..4096]);
+    assert_status(&reply, 200, "a body at the limit");
+    assert_eq!(reply.json()["body_len"], 4096);
+}
+
+#[test]
+fn a_looping_guest_gets_504_while_another_tenant_is_served() {
+    let config = format!(
+        "{}{}{}",
+        model_tables(&[TEXT_MODEL]),
+        tenant("alpha", ALPHA_KEY, &[], &program_module("loop", programs::LOOP_FOREVER, 2_000)),
+        tenant("beta", BETA_KEY, &[TEXT_MODEL], &example_module("text-embed", "text-embed", &[TEXT_MODEL])),
+    );
+    let served = ServedNode::with_config(&config);
+    std::thread::scope(|scope| {
+        let looping = scope.spawn(|| {
+            let reply = served.post("/t/alpha/loop", Some(ALPHA_KEY), b"");
+            (reply, Instant::now())
+        });
+        served.wait_for_metrics(Duration::from_secs(30), |m| {
+            m.value("mantle_running_requests", &[("tenant", "alpha")]) == 1.0
+        });
+        let reply = served.post("/t/beta/text-embed", Some(BETA_KEY), b"a neighbour's sentence");
+        let neighbour_done = Instant::now();
+        assert_status(&reply, 200, "the neighbour");
+        assert_eq!(reply.json()["embedding"].as_array().map(Vec::len), Some(384));
+
+        let (reply, loop_done) = looping.join().expect("the looping request");
+        assert_status(&reply, 504, "the looping guest");
+        assert!(neighbour_done < loop_done, "the neighbour was answered while the loop still ran");
+    });
+}
+
+#[test]
+fn a_full_queue_answers_at_once_with_retry_after() {
+    let limits = "limits = { max_concurrent = 1, max_queued = 1, queue_timeout_ms = 1500 }\n";
+    let modules =
+        [program_module("sleep", programs::SLEEP_FOREVER, 4_000), program_module("echo", programs::ECHO, 10_000)];
+    let config = tenant("alpha", ALPHA_KEY, &[], &format!("{limits}{}", modules.concat()));
+    let served = ServedNode::with_config(&config);
+    std::thread::scope(|scope| {
+        // One request holds the tenant's only turn, and one waits behind it.
+        let running = scope.spawn(|| served.post("/t/alpha/sleep", Some(ALPHA_KEY), b""));
+        served.wait_for_metrics(Duration::from_secs(30), |m| {
+            m.value("mantle_running_requests", &[("tenant", "alpha")]) == 1.0
+        });
+        let queued = scope.spawn(|| served.post("/t/alpha/echo", Some(ALPHA_KEY), b""));
+        served.wait_for_metrics(Duration::from_secs(30), |m| {
+            m.value("mantle_queued_requests", &[("tenant", "alpha")]) == 1.0
+        });
+
+        // The queue is full: refused at once.
+        let started = Instant::now();
+        let full = served.post("/t/alpha/echo", Some(ALPHA_KEY), b"");
+        assert_status(&full, 429, "a full queue");
+        assert!(started.elapsed() < Duration::from_secs(1), "refused without waiting: {:?}", started.elapsed());
+        assert_eq!(full.header("retry-after"), Some("1"));
+
+        // The waiting request gives up when its queue timeout passes.
+        let timed_out = queued.join().expect("the queued request");
+        assert_status(&timed_out, 503, "a queue timeout");
+        assert_eq!(timed_out.header("retry-after"), Some("1"));
+        assert_status(&running.join().expect("the running request"), 504, "the sleeping guest");
+    });
+    // Nothing was lost: the tenant's next request runs.
+    assert_status(&served.post("/t/alpha/echo", Some(ALPHA_KEY), b""), 200, "after the queue drained");
+}
+
+#[test]
+fn metrics_count_what_was_served() {
+    let config = format!(
+        "{}{}",
+        model_tables(&[IMAGE_MODEL]),
+        tenant("alpha", ALPHA_KEY, &[IMAGE_MODEL], &example_module("image-classify", "image-classify", &[IMAGE_MODEL]))
+    );
+    let served = ServedNode::with_config(&config);
+    let before = served.metrics();
+    let classify = [("tenant", "alpha"), ("module", "image-classify")];
+    assert_eq!(before.value("mantle_requests_total", &[("tenant", "alpha")]), 0.0);
+
+    let photo = sample("chelsea.png");
+    for _ in 0..3 {
+        assert_status(&served.post("/t/alpha/image-classify", Some(ALPHA_KEY), &photo), 200, "classify");
+    }
+    assert_status(&served.post("/t/alpha/image-classify", Some(ALPHA_KEY), b"not an image"), 415, "garbage");
+    assert_status(&served.post("/t/alpha/image-classify", None, &photo), 401, "no key");
+    let tensor = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": vec![0.0f32; 3 * 224 * 224]}]
+    });
+    let tensor = serde_json::to_vec(&tensor).expect("JSON");
+    let kserve = served.post(&format!("/v2/models/{IMAGE_MODEL}/infer"), Some(ALPHA_KEY), &tensor);
+    assert_status(&kserve, 200, "KServe infer");
+
+    let after = served.metrics();
+    let ok = [classify[0], classify[1], ("status", "200")];
+    assert_eq!(after.value("mantle_requests_total", &ok), 3.0);
+    assert_eq!(after.value("mantle_requests_total", &[classify[0], classify[1], ("status", "415")]), 1.0);
+    assert_eq!(after.value("mantle_requests_total", &[("tenant", ""), ("status", "401")]), 1.0);
+    let v2 = [("tenant", "alpha"), ("module", "v2:efficientnet-lite0"), ("status", "200")];
+    assert_eq!(after.value("mantle_requests_total", &v2), 1.0);
+    // Request and guest time: one observation per request, each in a bucket.
+    assert_eq!(after.value("mantle_request_duration_seconds_count", &classify), 4.0);
+    assert_eq!(after.value("mantle_request_duration_seconds_bucket", &[classify[0], classify[1], ("le", "+Inf")]), 4.0);
+    assert!(after.value("mantle_request_duration_seconds_sum", &classify) > 0.0);
+    assert_eq!(after.value("mantle_guest_duration_seconds_count", &classify), 4.0);
+    // The model ran once per photo and once for the KServe request; not for the garbage.
+    let model = [("model", IMAGE_MODEL)];
+    assert_eq!(after.value("mantle_inference_duration_seconds_count", &model), 4.0);
+    assert!(after.value("mantle_inference_duration_seconds_sum", &model) > 0.0);
+    let received = 3 * photo.len() + b"not an image".len() + tensor.len();
+    assert_eq!(after.value("mantle_received_bytes_total", &[("tenant", "alpha")]), received as f64);
+    assert!(after.value("mantle_sent_bytes_total", &[("tenant", "alpha")]) >= kserve.body.len() as f64);
+    assert_eq!(after.value("mantle_running_requests", &[("tenant", "alpha")]), 0.0);
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let modules = [program_module("echo", programs::ECHO, 30_000)].concat();
+    let config = format!("[node]\nshutdown_grace_ms = 30000\n\n{}", tenant("alpha", ALPHA_KEY, &[], &modules));
+    let mut served = ServedNode::with_config(&config);
+    let replies = std::thread::scope(|scope| {
+        let slow: Vec<_> = (0..3)
+            .map(|i| {
+                let served = &served;
+                scope.spawn(move || served.post(&format!("/t/alpha/echo?delay_ms=1500&n={i}"), Some(ALPHA_KEY), b"x"))
+            })
+            .collect();
+        served.wait_for_metrics(Duration::from_secs(30), |m| {
+            m.value("mantle_running_requests", &[("tenant", "alpha")]) == 3.0
+        });
+        served.terminate();
+        slow.into_iter().map(|h| h.join().expect("a slow request")).collect::<Vec<_>>()
+    });
+    for (i, reply) in replies.iter().enumerate() {
+        assert_status(reply, 200, "a request in flight at SIGTERM");
+        assert_eq!(reply.json()["query"], format!("delay_ms=1500&n={i}"));
+    }
+    assert_eq!(served.wait_exit(Duration::from_secs(30)), Some(0), "stderr: {}", served.stderr());
+}
+
+#[test]
+fn tritonclient_gets_the_logits_tract_gives() {
+    let python = python();
+    let config = format!("{}{}", model_tables(&[IMAGE_MODEL]), tenant("alpha", ALPHA_KEY, &[IMAGE_MODEL], ""));
+    let served = ServedNode::with_config(&config);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = repo_root().join("tests/python/kserve_client.py");
+    let photo = repo_root().join("models/samples/chelsea.png");
+    let mut client = std::process::Command::new(python);
+    client.arg(&script).arg(served.host_port()).arg(ALPHA_KEY).arg(&photo).arg(dir.path());
+    let output = client.output().expect("the Python client runs");
+    assert!(
+        output.status.success(),
+        "kserve_client.py: {}\nnode: {}",
+        String::from_utf8_lossy(&output.stderr),
+        served.stderr()
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the client printed JSON");
+
+    assert_eq!(answer["server_live"], true);
+    assert_eq!(answer["server_ready"], true);
+    assert_eq!(answer["model_ready"], true);
+    let metadata = &answer["metadata"];
+    assert_eq!(metadata["name"], IMAGE_MODEL);
+    assert_eq!(metadata["inputs"][0]["name"], "input");
+    assert_eq!(metadata["inputs"][0]["datatype"], "FP32");
+    assert_eq!(metadata["inputs"][0]["shape"], serde_json::json!([1, 3, 224, 224]));
+    assert_eq!(metadata["outputs"][0]["name"], "logits");
+
+    // The same tensor, run in this process by tract.
+    let input = std::fs::read(dir.path().join("input.f32")).expect("the client wrote its input");
+    let model = node().models.get(IMAGE_MODEL).expect("the image model");
+    let tensor = mantle::models::HostTensor {
+        element_type: mantle::models::ElementType::F32,
+        shape: vec![1, 3, 224, 224],
+        data: input,
+    };
+    let outputs = model.run(vec![("input".to_owned(), tensor)]).expect("tract runs the model");
+    let expected: Vec<f32> =
+        outputs[0].1.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(expected.len(), 1000);
+
+    for form in ["binary", "json"] {
+        let result = &answer[form];
+        assert_eq!(result["shape"], serde_json::json!([1, 1000]), "{form}");
+        let logits: Vec<f64> = result["logits"].as_array().expect("logits").iter().filter_map(|v| v.as_f64()).collect();
+        assert_eq!(logits.len(), 1000, "{form}");
+        let worst = logits.iter().zip(&expected).map(|(a, b)| (a - f64::from(*b)).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-4, "{form} tensors: logits differ from tract's by up to {worst}");
+        let top = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+        assert_eq!(top, Some(282), "{form}: the photo is a tiger cat (ImageNet class 282)");
+    }
+    let binary_params = &answer["binary"]["response"]["outputs"][0]["parameters"];
+    assert_eq!(binary_params["binary_data_size"], 4000, "binary tensors came back as binary");
+    assert!(answer["json"]["response"]["outputs"][0]["data"].is_array(), "JSON tensors came back as JSON");
+}
