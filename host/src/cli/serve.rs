@@ -63,7 +63,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         );
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "mantle listening on http://{address} ({tenants} tenants, ready in {:.2?})", started.elapsed())?;
+    let plural = if tenants == 1 { "" } else { "s" };
+    writeln!(
+        out,
+        "mantle listening on http://{address} ({tenants} tenant{plural}, ready in {:.2?})",
+        started.elapsed()
+    )?;
     if open {
         writeln!(out, "\nServing the bundled examples as tenant `{DEMO_TENANT}`, no API key needed. Try:\n")?;
         let sample = args.models_dir.join("samples").join("chelsea.png");

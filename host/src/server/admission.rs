@@ -97,19 +97,38 @@ impl Drop for QueuePlace<'_> {
     }
 }
 
-/// Answers 413 at once for a body that declares a length over `limit`,
-/// before it waits for a turn; other bodies go on to `read_body`.
-pub async fn refuse_declared_oversize(body: Body, headers: &HeaderMap, limit: usize) -> Result<Body, ApiError> {
+/// Takes a turn at `gate` for a request and reads its body, at most
+/// `limit` bytes. A body that declares a larger length is refused before it
+/// queues. Whatever the refusal, what is left of the body is drained first.
+pub async fn admit_request(
+    gate: &TenantGate,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<(Turn, Bytes), ApiError> {
     if declared_length(headers).is_some_and(|n| n > limit as u64) {
-        discard(body).await;
-        return Err(too_large(limit));
+        return Err(drained(body, too_large(limit)).await);
     }
-    Ok(body)
+    let turn = match gate.admit().await {
+        Ok(turn) => turn,
+        Err(refusal) => return Err(drained(body, refusal).await),
+    };
+    let body = read_body(body, headers, limit).await?;
+    Ok((turn, body))
+}
+
+/// `refusal`, once what is left of `body` has been read and dropped within
+/// bounds. Closing a socket with unread data resets the connection, and the
+/// client would lose the answer, so every refusal that comes before the
+/// body is read goes through here.
+pub async fn drained(body: Body, refusal: ApiError) -> ApiError {
+    discard(body).await;
+    refusal
 }
 
 /// Reads a request body of at most `limit` bytes; a larger one is 413,
 /// however it is framed.
-pub async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let capacity = declared_length(headers).map_or(0, |n| n.min(limit as u64) as usize);
     let mut read = Vec::with_capacity(capacity);
     while let Some(frame) = body.frame().await {
@@ -132,9 +151,7 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the limit of {limit} bytes"))
 }
 
-/// Reads and drops what is left of a refused body, within bounds: closing
-/// a socket with unread data resets the connection, and the client would
-/// lose the answer.
+/// Reads and drops what is left of a refused body, within bounds.
 async fn discard(mut body: Body) {
     let drain = async {
         let mut read = 0;

@@ -2,7 +2,7 @@
 //! tenant's guest modules, with the guest's status, headers and body as
 //! the answer.
 
-use super::admission::{read_body, refuse_declared_oversize};
+use super::admission::drained;
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::{RequestId, Server, Shared, charged};
@@ -61,26 +61,20 @@ async fn handle(
 ) -> Response {
     let tenant = match authenticate(&server.node, &headers) {
         Ok(tenant) => tenant,
-        Err(refusal) => return charged("", "", refusal),
+        Err(refusal) => return charged("", "", drained(body, refusal).await),
     };
     // A caller learns nothing about other tenants: the same answer whether
     // the tenant in the path exists or not.
     if tenant.id != tenant_id {
-        return charged(&tenant.id, "", ApiError::forbidden(format!("this key cannot call tenant `{tenant_id}`")));
+        let refusal = ApiError::forbidden(format!("this key cannot call tenant `{tenant_id}`"));
+        return charged(&tenant.id, "", drained(body, refusal).await);
     }
     let Some(module) = tenant.module(&module_id) else {
-        return charged(
-            &tenant.id,
-            "",
-            ApiError::not_found(format!("tenant `{tenant_id}` has no module `{module_id}`")),
-        );
+        let refusal = ApiError::not_found(format!("tenant `{tenant_id}` has no module `{module_id}`"));
+        return charged(&tenant.id, "", drained(body, refusal).await);
     };
     let outcome = async {
-        let gate = server.gate(&tenant.id, &id.0)?;
-        let body = refuse_declared_oversize(body, &headers, tenant.limits.max_body_bytes).await?;
-        let _turn = gate.admit().await?;
-        let body = read_body(body, &headers, tenant.limits.max_body_bytes).await?;
-        server.metrics.received(&tenant.id, body.len() as u64);
+        let (_turn, body) = server.admit(&tenant, body, &headers, &id.0).await?;
         let request = GuestRequest {
             method: method.as_str().to_owned(),
             path: format!("/{rest}"),
@@ -95,7 +89,7 @@ async fn handle(
         let (result, usage) = server.node.runtime.handle_metered(module, request, &id.0).await;
         server.metrics.guest_time(&tenant.id, module.id(), usage.guest_time);
         for (model, elapsed) in &usage.inferences {
-            server.metrics.inference(model.name(), *elapsed);
+            server.metrics.inference(&tenant.id, model.name(), *elapsed);
         }
         match result {
             Ok(response) => guest_response(response, &id.0),

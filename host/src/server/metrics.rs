@@ -33,6 +33,7 @@ struct TenantLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
+    tenant: String,
     model: String,
 }
 
@@ -89,7 +90,7 @@ impl NodeMetrics {
         );
         registry.register(
             "inference_duration_seconds",
-            "Time of one model computation, by model",
+            "Time of one model computation, by tenant and model",
             metrics.inference_seconds.clone(),
         );
         registry.register("received_bytes", "Request body bytes received, by tenant", metrics.received_bytes.clone());
@@ -124,8 +125,9 @@ impl NodeMetrics {
         self.guest_seconds.get_or_create(&route).observe(elapsed.as_secs_f64());
     }
 
-    pub fn inference(&self, model: &str, elapsed: Duration) {
-        self.inference_seconds.get_or_create(&ModelLabels { model: model.to_owned() }).observe(elapsed.as_secs_f64());
+    pub fn inference(&self, tenant: &str, model: &str, elapsed: Duration) {
+        let labels = ModelLabels { tenant: tenant.to_owned(), model: model.to_owned() };
+        self.inference_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     /// Sets the gauges that are read rather than counted.

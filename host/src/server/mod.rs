@@ -10,12 +10,13 @@ mod guest_route;
 mod kserve;
 mod metrics;
 
-use crate::node::Node;
-use admission::TenantGate;
+use crate::node::{Node, Tenant};
+use admission::{TenantGate, Turn};
 use axum::Router;
 use axum::body::HttpBody as _;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -60,12 +61,22 @@ impl Server {
         Arc::new(Server { node, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
     }
 
-    /// The gate of `tenant`; every tenant of the node has one.
-    fn gate(&self, tenant: &str, request_id: &str) -> Result<&TenantGate, ApiError> {
-        self.gates.get(tenant).ok_or_else(|| {
-            tracing::error!(%tenant, "a tenant has no admission gate");
-            ApiError::internal(request_id, "the node is misconfigured")
-        })
+    /// Takes a turn for a request of `tenant` and reads its body within
+    /// the tenant's limits, counting the bytes received.
+    async fn admit(
+        &self,
+        tenant: &Tenant,
+        body: Body,
+        headers: &HeaderMap,
+        request_id: &str,
+    ) -> Result<(Turn, Bytes), ApiError> {
+        let Some(gate) = self.gates.get(&tenant.id) else {
+            tracing::error!(tenant = %tenant.id, "a tenant has no admission gate");
+            return Err(admission::drained(body, ApiError::internal(request_id, "the node is misconfigured")).await);
+        };
+        let (turn, body) = admission::admit_request(gate, body, headers, tenant.limits.max_body_bytes).await?;
+        self.metrics.received(&tenant.id, body.len() as u64);
+        Ok((turn, body))
     }
 }
 
@@ -136,7 +147,7 @@ async fn observe(State(server): Shared, mut request: Request, next: Next) -> Res
         server.metrics.request(&charge.tenant, &charge.module, status.as_u16(), elapsed, sent);
         tracing::info!(
             parent: &span, %method, %path, status = status.as_u16(), tenant = %charge.tenant,
-            module = %charge.module, elapsed_ms = elapsed.as_secs_f64() * 1e3, "answered"
+            module = %charge.module, elapsed_ms = %format_args!("{:.1}", elapsed.as_secs_f64() * 1e3), "answered"
         );
     }
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -351,7 +351,7 @@ fn metrics_count_what_was_served() {
     assert!(after.value("mantle_request_duration_seconds_sum", &classify) > 0.0);
     assert_eq!(after.value("mantle_guest_duration_seconds_count", &classify), 4.0);
     // The model ran once per photo and once for the KServe request; not for the garbage.
-    let model = [("model", IMAGE_MODEL)];
+    let model = [("tenant", "alpha"), ("model", IMAGE_MODEL)];
     assert_eq!(after.value("mantle_inference_duration_seconds_count", &model), 4.0);
     assert!(after.value("mantle_inference_duration_seconds_sum", &model) > 0.0);
     let received = 3 * photo.len() + b"not an image".len() + tensor.len();
@@ -440,4 +440,38 @@ fn tritonclient_gets_the_logits_tract_gives() {
     let binary_params = &answer["binary"]["response"]["outputs"][0]["parameters"];
     assert_eq!(binary_params["binary_data_size"], 4000, "binary tensors came back as binary");
     assert!(answer["json"]["response"]["outputs"][0]["data"].is_array(), "JSON tensors came back as JSON");
+}
+
+#[test]
+fn the_readme_configuration_is_valid() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("the README");
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README shows a configuration");
+    let text = block.replace("<from `mantle key`>", &key_sha256("mk_example"));
+    let config = mantle::config::NodeConfig::parse(&text, repo_root()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.tenants.len(), 1);
+    assert_eq!(config.models.len(), 1);
+}
+
+#[test]
+fn a_mistaken_configuration_is_refused_with_where_the_mistake_is() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, format!("{}\n[[tenant]]\nid = \"alpha\"\nkeys = []\n", model_tables(&[IMAGE_MODEL])))
+        .expect("write the configuration");
+    let args = [
+        OsStr::new("serve"),
+        OsStr::new("--listen"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--config"),
+        path.as_os_str(),
+    ];
+    let refused = run_mantle(&args, b"", Duration::from_secs(60));
+    assert_eq!(refused.code, Some(3), "stderr: {}", refused.stderr);
+    for expected in ["node.toml", "line 9", "unknown field `keys`"] {
+        assert!(refused.stderr.contains(expected), "the error names {expected}: {}", refused.stderr);
+    }
 }

@@ -4,7 +4,7 @@
 
 mod wire;
 
-use super::admission::{read_body, refuse_declared_oversize};
+use super::admission::drained;
 use super::auth::authenticate;
 use super::error::ApiError;
 use super::{RequestId, Server, Shared, charged};
@@ -68,18 +68,31 @@ async fn ready(state: Shared) -> StatusCode {
     }
 }
 
+/// A refused request, and the tenant it is charged to if one was known.
+/// It carries no model label: a label per name a caller makes up would let
+/// callers grow the metrics without bound.
+struct Refusal {
+    tenant: String,
+    error: ApiError,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        charged(&self.tenant, "", self.error)
+    }
+}
+
 /// The tenant calling and the granted model the path names. An ungranted
 /// model and one the node does not hold get the same answer.
-fn granted(server: &Server, headers: &HeaderMap, path: &ModelPath) -> Result<(Arc<Tenant>, Arc<HeldModel>), Response> {
-    let tenant = authenticate(&server.node, headers).map_err(|e| charged("", "", e))?;
+fn granted(server: &Server, headers: &HeaderMap, path: &ModelPath) -> Result<(Arc<Tenant>, Arc<HeldModel>), Refusal> {
+    let tenant = authenticate(&server.node, headers).map_err(|error| Refusal { tenant: String::new(), error })?;
     let model = tenant.model(&path.model, path.version.as_deref()).cloned().ok_or_else(|| {
         let what = match &path.version {
             Some(version) => format!("model `{}` version `{version}`", path.model),
             None => format!("model `{}`", path.model),
         };
-        // Unlabelled: a label per name a caller makes up would let callers
-        // grow the metrics without bound.
-        charged(&tenant.id, "", ApiError::forbidden(format!("{what} is not granted to tenant `{}`", tenant.id)))
+        let error = ApiError::forbidden(format!("{what} is not granted to tenant `{}`", tenant.id));
+        Refusal { tenant: tenant.id.clone(), error }
     })?;
     Ok((tenant, model))
 }
@@ -87,7 +100,7 @@ fn granted(server: &Server, headers: &HeaderMap, path: &ModelPath) -> Result<(Ar
 async fn model_metadata(state: Shared, Path(path): Path<ModelPath>, headers: HeaderMap) -> Response {
     let (tenant, held) = match granted(&state, &headers, &path) {
         Ok(found) => found,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let shape = |dims: &[Dim]| -> Vec<i64> {
         dims.iter().map(|d| if let Dim::Fixed(n) = d { *n as i64 } else { -1 }).collect()
@@ -121,7 +134,7 @@ async fn model_ready(state: Shared, Path(path): Path<ModelPath>, headers: Header
     match granted(&state, &headers, &path) {
         // Models are loaded before the node listens: a granted one is ready.
         Ok((tenant, _)) => charged(&tenant.id, &path.label(), StatusCode::OK),
-        Err(refusal) => refusal,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -134,20 +147,17 @@ async fn infer(
 ) -> Response {
     let (tenant, held) = match granted(&state, &headers, &path) {
         Ok(found) => found,
-        Err(refusal) => return refusal,
+        Err(Refusal { tenant, error }) => return Refusal { tenant, error: drained(body, error).await }.into_response(),
     };
     let outcome = async {
-        let gate = state.gate(&tenant.id, &id.0)?;
-        let body = refuse_declared_oversize(body, &headers, tenant.limits.max_body_bytes).await?;
-        let _turn = gate.admit().await?;
-        let body = read_body(body, &headers, tenant.limits.max_body_bytes).await?;
-        state.metrics.received(&tenant.id, body.len() as u64);
         if headers.get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
-            return Err(ApiError::new(
+            let refusal = ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "compressed requests are not supported: send them uncompressed",
-            ));
+            );
+            return Err(drained(body, refusal).await);
         }
+        let (_turn, body) = state.admit(&tenant, body, &headers, &id.0).await?;
         let header_length = headers.get(wire::HEADER_LENGTH).map(|v| v.to_str().unwrap_or("?"));
         let (json_part, binary) = wire::split_body(&body, header_length).map_err(ApiError::bad_request)?;
         let request: InferRequest = serde_json::from_slice(json_part)
@@ -156,7 +166,7 @@ async fn infer(
         let deadline = Duration::from_millis(tenant.limits.infer_deadline_ms);
         let started = Instant::now();
         let outputs = state.node.runtime.infer(&held.model, inputs, deadline).await;
-        state.metrics.inference(held.model.name(), started.elapsed());
+        state.metrics.inference(&tenant.id, held.model.name(), started.elapsed());
         let outputs = outputs.map_err(|e| match e {
             InferError::InvalidInput(message) => ApiError::bad_request(message),
             InferError::Deadline(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
