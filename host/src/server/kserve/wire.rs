@@ -150,21 +150,21 @@ pub fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<(Strin
 }
 
 /// Converts JSON numbers, flat or nested in row-major order, to
-/// little-endian elements.
-fn encode_json(data: &Value, element_type: ElementType, capacity: usize) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::with_capacity(capacity.saturating_mul(element_type.size()).min(1 << 28));
+/// little-endian elements; more than `elements` of them is an error as soon
+/// as it is seen.
+fn encode_json(data: &Value, element_type: ElementType, elements: usize) -> Result<Vec<u8>, String> {
+    let expected_bytes = elements.saturating_mul(element_type.size());
+    let mut bytes = Vec::with_capacity(expected_bytes.min(1 << 28));
     let mut stack = vec![data];
-    let mut pending = Vec::new();
     // Depth-first, keeping order: arrays are pushed reversed.
     while let Some(value) = stack.pop() {
         match value {
             Value::Array(items) => stack.extend(items.iter().rev()),
-            Value::Number(number) => {
-                pending.clear();
-                push_element(number, element_type, &mut pending)?;
-                bytes.extend_from_slice(&pending);
-            }
+            Value::Number(number) => push_element(number, element_type, &mut bytes)?,
             other => return Err(format!("data holds {other}, which is not a number")),
+        }
+        if bytes.len() > expected_bytes {
+            return Err(format!("data holds more than the {elements} elements its shape has room for"));
         }
     }
     Ok(bytes)
@@ -256,6 +256,10 @@ mod tests {
             {"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0]}]}));
         let message = decode_inputs(&short, &[]).expect_err("two of three");
         assert!(message.contains("input `x`") && message.contains("needs 3 elements, but 2"), "{message}");
+        let long = request(serde_json::json!({"inputs": [
+            {"name": "w", "shape": [2], "datatype": "FP32", "data": [[1.0, 2.0], [3.0]]}]}));
+        let message = decode_inputs(&long, &[]).expect_err("three of two");
+        assert!(message.contains("input `w`") && message.contains("more than the 2 elements"), "{message}");
         let overflow = request(serde_json::json!({"inputs": [
             {"name": "y", "shape": [1], "datatype": "UINT8", "data": [300]}]}));
         assert!(decode_inputs(&overflow, &[]).expect_err("300 is no u8").contains("300 is not a valid UINT8"));
