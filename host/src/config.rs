@@ -145,6 +145,16 @@ pub struct ModuleLimitsConfig {
     pub deadline_ms: u64,
 }
 
+impl ModuleLimitsConfig {
+    /// The limits as the runtime applies them.
+    pub fn limits(&self) -> crate::runtime::ModuleLimits {
+        crate::runtime::ModuleLimits {
+            memory_bytes: self.memory_mib.saturating_mul(1 << 20),
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
+        }
+    }
+}
+
 impl Default for ModuleLimitsConfig {
     fn default() -> Self {
         let limits = crate::runtime::ModuleLimits::default();

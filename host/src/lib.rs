@@ -6,6 +6,7 @@
 //! decodes it, calls granted models through `wasi:nn` ([`nn`]), which run on
 //! the inference pool ([`models`]), and answers.
 
+pub mod bundle;
 pub mod config;
 pub mod examples;
 pub mod models;

@@ -5,7 +5,7 @@
 use crate::config::{Grant, Id, KeyHash, ModelConfig, ModuleConfig, Name, NodeConfig, TenantConfig, TenantLimits};
 use crate::examples::{DEMO_TENANT, EXAMPLES};
 use crate::models::{LoadError, LoadOptions, Model};
-use crate::runtime::{GuestModule, ModuleLimits, ModuleSpec, Runtime, RuntimeConfig, SetupError};
+use crate::runtime::{GuestModule, ModuleSpec, Runtime, RuntimeConfig, SetupError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -136,26 +136,28 @@ fn build_tenant(runtime: &Runtime, config: &TenantConfig, held: &[Arc<HeldModel>
     Ok(Tenant { id: tenant, limits: config.limits, key_hashes: config.key_sha256.clone(), models, modules })
 }
 
+/// The names a guest loads `held` models by: `name@version`, and `name`
+/// for the version listed last.
+pub fn module_grants<'a>(held: impl IntoIterator<Item = &'a Arc<HeldModel>>) -> BTreeMap<String, Arc<Model>> {
+    let mut grants = BTreeMap::new();
+    for held in held {
+        grants.insert(format!("{}@{}", held.name, held.version), Arc::clone(&held.model));
+        grants.insert(held.name.clone(), Arc::clone(&held.model));
+    }
+    grants
+}
+
 fn build_module(
     runtime: &Runtime,
     tenant: &str,
     config: &ModuleConfig,
     granted: &[Arc<HeldModel>],
 ) -> Result<GuestModule, NodeError> {
-    // A guest loads `name@version`, or `name` for the version listed last.
-    let mut grants = BTreeMap::new();
-    for held in covered(&config.models, granted) {
-        grants.insert(format!("{}@{}", held.name, held.version), Arc::clone(&held.model));
-        grants.insert(held.name.clone(), Arc::clone(&held.model));
-    }
     let spec = ModuleSpec {
         id: config.id.to_string(),
         tenant: tenant.to_owned(),
-        grants,
-        limits: ModuleLimits {
-            memory_bytes: config.limits.memory_mib.saturating_mul(1 << 20),
-            deadline: Duration::from_millis(config.limits.deadline_ms),
-        },
+        grants: module_grants(covered(&config.models, granted)),
+        limits: config.limits.limits(),
         config: config.config.clone(),
     };
     let wasm = match (&config.path, &config.example) {

@@ -1,8 +1,10 @@
 //! Command-line parsing, logging set-up, and exit codes. Each subcommand
 //! lives in its own module and reaches the runtime only through the library.
 
+mod bundle;
 mod demo;
 mod key;
+mod keygen;
 mod run;
 mod serve;
 
@@ -17,7 +19,8 @@ Exit codes:
   1  the guest answered with another status, refused the request, trapped,
      or ran out of time or memory (the reason is on stderr)
   2  the command line is wrong
-  3  mantle could not start: a file, model or module could not be loaded
+  3  mantle could not start: a file, bundle, model or module could not be
+     loaded
 
 Logging: set MANTLE_LOG (e.g. MANTLE_LOG=debug); guest output is logged
 at info level, tagged with tenant and module.";
@@ -47,6 +50,8 @@ enum Command {
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
     Key(key::KeyArgs),
+    Keygen(keygen::KeygenArgs),
+    Bundle(bundle::BundleArgs),
 }
 
 /// How a command failed, and so which exit code it ends with.
@@ -83,6 +88,8 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Key(args) => key::run(args),
+            Command::Keygen(args) => keygen::run(args),
+            Command::Bundle(args) => bundle::run(args),
         }
     });
     match outcome {

@@ -1,0 +1,204 @@
+//! `mantle.toml`, the manifest a tenant writes for a bundle: its name and
+//! version, the models it ships (each pinned by its SHA-256), and the guest
+//! modules with the models each may load, their limits and config values.
+
+use crate::config::{Grant, Id, ModuleLimitsConfig, Name};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// The whole manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleManifest {
+    pub bundle: BundleInfo,
+    /// `[[model]]` tables.
+    #[serde(default, rename = "model")]
+    pub models: Vec<BundleModel>,
+    /// `[[module]]` tables.
+    #[serde(rename = "module")]
+    pub modules: Vec<BundleModule>,
+}
+
+/// What the bundle is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleInfo {
+    /// The deployment this bundle is a version of.
+    pub name: Id,
+    pub version: Name,
+}
+
+/// A model the bundle ships.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleModel {
+    pub name: Name,
+    #[serde(default = "default_version")]
+    pub version: Name,
+    /// The `.onnx` file, relative to the bundle.
+    pub file: BundlePath,
+    /// The SHA-256 the file must have.
+    pub sha256: Sha256,
+    /// Named input dimensions fixed before optimizing, e.g. `{ N = 1 }`.
+    #[serde(default)]
+    pub pin: BTreeMap<String, usize>,
+}
+
+fn default_version() -> Name {
+    Name("1".to_owned())
+}
+
+/// A guest module the bundle ships; its id is its route,
+/// `/t/{tenant}/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleModule {
+    pub id: Id,
+    /// The component, relative to the bundle.
+    pub file: BundlePath,
+    /// Models of this bundle the guest may load, by `name` or
+    /// `name@version`.
+    #[serde(default)]
+    pub models: Vec<Grant>,
+    #[serde(default)]
+    pub limits: ModuleLimitsConfig,
+    /// Values the guest reads through `context.config-get`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// A SHA-256 digest, written as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Sha256(pub [u8; 32]);
+
+impl TryFrom<String> for Sha256 {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let mut digest = [0; 32];
+        hex::decode_to_slice(text.trim(), &mut digest)
+            .map_err(|_| format!("`{text}` is not a SHA-256: write it as 64 hex digits"))?;
+        Ok(Sha256(digest))
+    }
+}
+
+impl Sha256 {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        Sha256(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({self})")
+    }
+}
+
+/// A path inside a bundle: relative, `/`-separated, with no `.`, `..` or
+/// empty parts, so that it cannot name anything outside the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BundlePath(String);
+
+impl TryFrom<String> for BundlePath {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let safe = !text.is_empty()
+            && text.len() <= 255
+            && text.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+            && !text.contains(['\\', '\0']);
+        if safe {
+            Ok(BundlePath(text))
+        } else {
+            Err(format!("`{text}` is not a path inside the bundle: use a relative path with `/` and no `..`"))
+        }
+    }
+}
+
+impl BundlePath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BundlePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl BundleManifest {
+    /// Parses and checks `mantle.toml`.
+    pub fn parse(text: &str) -> Result<BundleManifest, String> {
+        let manifest: BundleManifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        manifest.check()?;
+        Ok(manifest)
+    }
+
+    /// Every file the manifest names, once each.
+    pub fn files(&self) -> impl Iterator<Item = &BundlePath> {
+        let mut seen = HashSet::new();
+        self.models.iter().map(|m| &m.file).chain(self.modules.iter().map(|m| &m.file)).filter(move |p| seen.insert(*p))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut models = HashSet::new();
+        for model in &self.models {
+            if !models.insert((model.name.as_str(), model.version.as_str())) {
+                return Err(format!("model `{}` version `{}` is listed twice", model.name, model.version));
+            }
+        }
+        let mut modules = HashSet::new();
+        for module in &self.modules {
+            if !modules.insert(module.id.as_str()) {
+                return Err(format!("module `{}` is listed twice", module.id));
+            }
+            for grant in &module.models {
+                if !self.models.iter().any(|m| grant.covers(m.name.as_str(), m.version.as_str())) {
+                    return Err(format!("module `{}`: model `{grant}` is not in the bundle", module.id));
+                }
+            }
+        }
+        if self.modules.is_empty() {
+            return Err("the bundle has no [[module]]".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn manifest(models: &str, modules: &str) -> String {
+        format!("[bundle]\nname = \"vision\"\nversion = \"2\"\n\n{models}\n{modules}")
+    }
+
+    #[test]
+    fn mistakes_are_reported_at_the_field() {
+        let model = format!("[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nsha256 = \"{SHA}\"\n");
+        let module = "[[module]]\nid = \"classify\"\nfile = \"c.wasm\"\nmodels = [\"m\"]\n";
+        BundleManifest::parse(&manifest(&model, module)).expect("a valid manifest");
+
+        let unknown = BundleManifest::parse(&manifest(&model, &format!("{module}route = \"/x\"\n"))).unwrap_err();
+        assert!(unknown.contains("line 14") && unknown.contains("unknown field `route`"), "{unknown}");
+        let escape = BundleManifest::parse(&manifest(&model.replace("m.onnx", "../m.onnx"), module)).unwrap_err();
+        assert!(escape.contains("line 7") && escape.contains("not a path inside the bundle"), "{escape}");
+        let digest = BundleManifest::parse(&manifest(&model.replace(SHA, "abc"), module)).unwrap_err();
+        assert!(digest.contains("line 8") && digest.contains("`abc` is not a SHA-256"), "{digest}");
+        let missing = BundleManifest::parse(&manifest(&model, &module.replace("[\"m\"]", "[\"n\"]"))).unwrap_err();
+        assert!(missing.contains("module `classify`: model `n` is not in the bundle"), "{missing}");
+    }
+}
