@@ -14,3 +14,4 @@ pub mod nn;
 pub mod node;
 pub mod runtime;
 pub mod server;
+pub mod store;

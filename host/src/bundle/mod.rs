@@ -136,9 +136,7 @@ impl Bundle {
         if let Some(extra) = entries.into_keys().next() {
             return Err(BundleError::Unlisted(extra));
         }
-        let text = files.get(MANIFEST).ok_or_else(|| BundleError::Missing(MANIFEST.to_owned()))?;
-        let manifest = parse_manifest(text)?;
-        Self::checked(manifest, files, signer)
+        Self::from_files(files, signer)
     }
 
     /// Checks that every file the manifest names is present and that every
@@ -164,6 +162,19 @@ impl Bundle {
             }
         }
         Ok(Bundle { manifest, files, signer })
+    }
+
+    /// A bundle from its files as a store kept them: `mantle.toml` and the
+    /// files it names, checked as when they were first opened.
+    pub fn from_files(files: BTreeMap<String, Vec<u8>>, signer: Option<VerifyingKey>) -> Result<Bundle, BundleError> {
+        let text = files.get(MANIFEST).ok_or_else(|| BundleError::Missing(MANIFEST.to_owned()))?;
+        let manifest = parse_manifest(text)?;
+        Self::checked(manifest, files, signer)
+    }
+
+    /// Every file of the bundle, `mantle.toml` included, by path.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files.iter().map(|(path, bytes)| (path.as_str(), bytes.as_slice()))
     }
 
     /// The bytes of a file the manifest names.
