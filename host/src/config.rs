@@ -44,11 +44,26 @@ pub struct NodeSettings {
     pub max_instances: u32,
     /// Threads that run models; 0 means one per core.
     pub inference_threads: usize,
+    /// SHA-256 of the operator token that the admin API (`/admin/v1/...`)
+    /// requires; without one the admin API is off.
+    pub admin_token_sha256: Option<KeyHash>,
+    /// Public keys (hex, from `mantle keygen`) whose signatures the node
+    /// accepts on bundles; when there are any, unsigned bundles are refused.
+    pub trusted_signers: Vec<String>,
+    /// Largest bundle the admin API accepts, in bytes.
+    pub max_bundle_bytes: usize,
 }
 
 impl Default for NodeSettings {
     fn default() -> Self {
-        NodeSettings { shutdown_grace_ms: 10_000, max_instances: 256, inference_threads: 0 }
+        NodeSettings {
+            shutdown_grace_ms: 10_000,
+            max_instances: 256,
+            inference_threads: 0,
+            admin_token_sha256: None,
+            trusted_signers: Vec::new(),
+            max_bundle_bytes: 1 << 30,
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod config;
+pub mod deploy;
 pub mod examples;
 pub mod models;
 pub mod nn;

@@ -2,14 +2,15 @@
 //! the models it holds, and its tenants with their keys, grants, limits and
 //! compiled guest modules. Per request there is only a lookup left to do.
 
-use crate::config::{Grant, Id, KeyHash, ModelConfig, ModuleConfig, Name, NodeConfig, TenantConfig, TenantLimits};
+use crate::config::{
+    Grant, Id, KeyHash, ModelConfig, ModuleConfig, Name, NodeConfig, NodeSettings, TenantConfig, TenantLimits,
+};
 use crate::examples::{DEMO_TENANT, EXAMPLES};
 use crate::models::{LoadError, LoadOptions, Model};
 use crate::runtime::{GuestModule, ModuleSpec, Runtime, RuntimeConfig, SetupError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Why a node could not be set up from its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +40,30 @@ pub struct Tenant {
     pub(crate) key_hashes: Vec<KeyHash>,
     /// The model versions the tenant was granted, in configuration order.
     models: Vec<Arc<HeldModel>>,
-    modules: BTreeMap<String, GuestModule>,
+    /// Modules from the configuration.
+    modules: BTreeMap<String, Arc<GuestModule>>,
+    /// Modules of the tenant's active deployments, swapped whole when a
+    /// deployment changes: a request holds the module it started with.
+    deployed: RwLock<Arc<BTreeMap<String, Arc<GuestModule>>>>,
 }
 
 impl Tenant {
-    pub fn module(&self, id: &str) -> Option<&GuestModule> {
-        self.modules.get(id)
+    /// The module `id`, configured or deployed.
+    pub fn module(&self, id: &str) -> Option<Arc<GuestModule>> {
+        if let Some(module) = self.modules.get(id) {
+            return Some(Arc::clone(module));
+        }
+        self.deployed.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+    }
+
+    /// Whether the configuration defines module `id`.
+    pub fn configures_module(&self, id: &str) -> bool {
+        self.modules.contains_key(id)
+    }
+
+    /// Replaces the modules of the tenant's active deployments.
+    pub fn set_deployed(&self, modules: BTreeMap<String, Arc<GuestModule>>) {
+        *self.deployed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(modules);
     }
 
     /// A granted model by name and, optionally, version. Without a version
@@ -66,7 +85,7 @@ pub struct Node {
     /// The tenant of requests that carry no key, only when serving the
     /// bundled examples with no configuration.
     open_tenant: Option<Arc<Tenant>>,
-    pub shutdown_grace: Duration,
+    pub settings: NodeSettings,
 }
 
 impl Node {
@@ -94,7 +113,7 @@ impl Node {
             tenants.insert(built.id.clone(), Arc::new(built));
         }
         let open_tenant = open_tenant.and_then(|id| tenants.get(id)).cloned();
-        Ok(Node { runtime, tenants, open_tenant, shutdown_grace: Duration::from_millis(settings.shutdown_grace_ms) })
+        Ok(Node { runtime, tenants, open_tenant, settings: settings.clone() })
     }
 
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
@@ -131,9 +150,16 @@ fn build_tenant(runtime: &Runtime, config: &TenantConfig, held: &[Arc<HeldModel>
     let mut modules = BTreeMap::new();
     for module in &config.modules {
         let compiled = build_module(runtime, &tenant, module, &models)?;
-        modules.insert(module.id.to_string(), compiled);
+        modules.insert(module.id.to_string(), Arc::new(compiled));
     }
-    Ok(Tenant { id: tenant, limits: config.limits, key_hashes: config.key_sha256.clone(), models, modules })
+    Ok(Tenant {
+        id: tenant,
+        limits: config.limits,
+        key_hashes: config.key_sha256.clone(),
+        models,
+        modules,
+        deployed: RwLock::default(),
+    })
 }
 
 /// The names a guest loads `held` models by: `name@version`, and `name`

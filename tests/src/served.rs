@@ -27,7 +27,8 @@ pub struct ServedNode {
     stdout: Mutex<Receiver<String>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     agent: ureq::Agent,
-    _config_dir: Option<tempfile::TempDir>,
+    /// Its configuration and store, removed after it stops.
+    dirs: Vec<tempfile::TempDir>,
 }
 
 /// An HTTP answer, whatever its status.
@@ -57,21 +58,36 @@ impl Reply {
 }
 
 impl ServedNode {
-    /// Serves the node that `config` (TOML) describes.
+    /// Serves the node that `config` (TOML) describes, with a fresh store.
     pub fn with_config(config: &str) -> ServedNode {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let mut node = Self::with_config_in(config, data.path());
+        node.dirs.push(data);
+        node
+    }
+
+    /// Serves the node that `config` describes, with its store in
+    /// `data_dir`, which outlives the node.
+    pub fn with_config_in(config: &str, data_dir: &Path) -> ServedNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write the configuration");
-        Self::start(&["--config".as_ref(), path.as_os_str()], Some(dir))
+        let args = ["--config".as_ref(), path.as_os_str(), "--data-dir".as_ref(), data_dir.as_os_str()];
+        let mut node = Self::start(&args);
+        node.dirs.push(dir);
+        node
     }
 
     /// Serves the bundled examples as `mantle serve` does with no
     /// configuration, from the repository root.
     pub fn demo() -> ServedNode {
-        Self::start(&[], None)
+        let data = tempfile::tempdir().expect("a temp dir");
+        let mut node = Self::start(&["--data-dir".as_ref(), data.path().as_os_str()]);
+        node.dirs.push(data);
+        node
     }
 
-    fn start(args: &[&std::ffi::OsStr], config_dir: Option<tempfile::TempDir>) -> ServedNode {
+    fn start(args: &[&std::ffi::OsStr]) -> ServedNode {
         let mut child = Command::new(mantle_binary())
             .current_dir(repo_root())
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -107,14 +123,8 @@ impl ServedNode {
             .timeout_global(Some(REQUEST_LIMIT))
             .build()
             .into();
-        let mut node = ServedNode {
-            child,
-            base: String::new(),
-            stdout: Mutex::new(lines),
-            stderr,
-            agent,
-            _config_dir: config_dir,
-        };
+        let mut node =
+            ServedNode { child, base: String::new(), stdout: Mutex::new(lines), stderr, agent, dirs: Vec::new() };
         let first = node.next_stdout_line(START_LIMIT);
         let base = first
             .strip_prefix("mantle listening on ")
@@ -247,6 +257,13 @@ impl ServedNode {
         // SAFETY: kill(2) with a valid signal number has no memory effects.
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM reaches mantle");
+    }
+
+    /// Kills the process with SIGKILL, as a power cut would stop it, and
+    /// waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for the process to exit and returns its exit code.

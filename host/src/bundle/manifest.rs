@@ -69,7 +69,7 @@ pub struct BundleModule {
 }
 
 /// A SHA-256 digest, written as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Sha256(pub [u8; 32]);
 

@@ -3,6 +3,7 @@
 
 mod bundle;
 mod demo;
+mod deploy;
 mod key;
 mod keygen;
 mod run;
@@ -52,6 +53,9 @@ enum Command {
     Key(key::KeyArgs),
     Keygen(keygen::KeygenArgs),
     Bundle(bundle::BundleArgs),
+    Deploy(deploy::DeployArgs),
+    Status(deploy::StatusArgs),
+    Rollback(deploy::RollbackArgs),
 }
 
 /// How a command failed, and so which exit code it ends with.
@@ -90,6 +94,9 @@ pub fn main() -> ExitCode {
             Command::Key(args) => key::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Bundle(args) => bundle::run(args),
+            Command::Deploy(args) => tokio::task::block_in_place(|| deploy::deploy(args)),
+            Command::Status(args) => tokio::task::block_in_place(|| deploy::status(args)),
+            Command::Rollback(args) => tokio::task::block_in_place(|| deploy::rollback(args)),
         }
     });
     match outcome {

@@ -5,6 +5,7 @@ use super::Failure;
 use anyhow::Context;
 use clap::Args;
 use mantle::config::NodeConfig;
+use mantle::deploy::Deployments;
 use mantle::examples::{DEMO_TENANT, EXAMPLES};
 use mantle::node::Node;
 use mantle::server::{Server, serve};
@@ -28,6 +29,10 @@ pub struct ServeArgs {
     /// Where the example models are, when serving without a configuration.
     #[arg(long, value_name = "DIR", default_value = "models", conflicts_with = "config")]
     models_dir: PathBuf,
+    /// Where the node keeps deployed bundles and their compiled code
+    /// [default: the user's data directory, e.g. ~/.local/share/mantle].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
@@ -49,13 +54,36 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
                 .context("cannot set up the bundled examples")?
         }
     };
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => dirs::data_dir()
+            .map(|dir| dir.join("mantle"))
+            .context("this user has no data directory: pass --data-dir")?,
+    };
+    let deployments = tokio::task::block_in_place(|| {
+        let deployments = Deployments::open(&data_dir, &node.settings.trusted_signers)?;
+        deployments.restore(&node).map(|restored| (deployments, restored))
+    });
+    let (deployments, restored) =
+        deployments.with_context(|| format!("cannot open the node store in {}", data_dir.display()))?;
+    if !restored.is_empty() {
+        let hits: usize = restored.iter().map(|r| r.cache_hits).sum();
+        let modules: usize = restored.iter().map(|r| r.modules.len()).sum();
+        tracing::info!(
+            deployments = restored.len(),
+            modules,
+            cache_hits = hits,
+            "restored the active deployments from {}",
+            data_dir.display()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().context("the listening socket has no address")?;
     let open = node.open_tenant().is_some();
     let tenants = node.tenants().count();
-    let server = Server::new(Arc::new(node));
+    let server = Server::new(Arc::new(node), Arc::new(deployments));
 
     if open {
         tracing::warn!(

@@ -17,6 +17,7 @@ use guest_log::{GuestLog, LogTags};
 use limits::GuestLimiter;
 use state::GuestState;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -56,6 +57,8 @@ pub enum SetupError {
     World { module: String, message: String },
     #[error("module `{module}` has unusable limits: {message}")]
     Limits { module: String, message: String },
+    #[error("module `{module}`: the compiled-code cache failed: {message}")]
+    Cache { module: String, message: String },
 }
 
 /// Why a request did not produce a guest response.
@@ -207,13 +210,62 @@ impl Runtime {
     /// Compiles `wasm` and checks it against the world. Compiling takes
     /// from milliseconds to seconds: do it once per module, not per request.
     pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
+        let component = self.compile(&spec.id, wasm)?;
+        self.instantiate_pre(spec, &component)
+    }
+
+    /// As [`Runtime::load_module`], but keeps the compiled code in
+    /// `cache_dir`, keyed by the component's SHA-256 and the engine's
+    /// settings, and reuses it when it is there: a restart compiles
+    /// nothing. Says whether the cache had it.
+    pub fn load_module_cached(
+        &self,
+        spec: ModuleSpec,
+        wasm: &[u8],
+        cache_dir: &Path,
+    ) -> Result<(GuestModule, bool), SetupError> {
+        let cache = |e: std::io::Error| SetupError::Cache { module: spec.id.clone(), message: e.to_string() };
+        let path =
+            cache_dir.join(format!("{}-{:016x}.cwasm", crate::bundle::manifest::Sha256::of(wasm), self.engine_hash()));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with these settings (its name says so), into the
+            // node's own data directory, which only the operator can write.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok((self.instantiate_pre(spec, &component)?, true)),
+                Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached code does not load: {e:#}"),
+            }
+        }
+        let component = self.compile(&spec.id, wasm)?;
+        let code = component
+            .serialize()
+            .map_err(|e| SetupError::Cache { module: spec.id.clone(), message: format!("{e:#}") })?;
+        std::fs::create_dir_all(cache_dir).map_err(cache)?;
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, code).and_then(|()| std::fs::rename(&partial, &path)).map_err(cache)?;
+        Ok((self.instantiate_pre(spec, &component)?, false))
+    }
+
+    /// Identifies the engine's settings: compiled code from one engine
+    /// loads only into an engine with the same hash.
+    fn engine_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn compile(&self, module: &str, wasm: &[u8]) -> Result<Component, SetupError> {
+        check_component_header(wasm).map_err(|message| SetupError::Compile { module: module.to_owned(), message })?;
+        Component::new(&self.engine, wasm)
+            .map_err(|e| SetupError::Compile { module: module.to_owned(), message: format!("{e:#}") })
+    }
+
+    fn instantiate_pre(&self, spec: ModuleSpec, component: &Component) -> Result<GuestModule, SetupError> {
         let module = spec.id.clone();
         spec.limits.validate().map_err(|message| SetupError::Limits { module: module.clone(), message })?;
-        check_component_header(wasm).map_err(|message| SetupError::Compile { module: module.clone(), message })?;
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| SetupError::Compile { module: module.clone(), message: format!("{e:#}") })?;
         let world = |e: wasmtime::Error| SetupError::World { module: module.clone(), message: format!("{e:#}") };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(world)?;
+        let instance_pre = self.linker.instantiate_pre(component).map_err(world)?;
         let pre = GuestPre::new(instance_pre).map_err(world)?;
         Ok(GuestModule {
             tenant: Arc::from(spec.tenant),

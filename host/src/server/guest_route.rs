@@ -86,7 +86,7 @@ async fn handle(
                 .collect(),
             body: body.into(),
         };
-        let (result, usage) = server.node.runtime.handle_metered(module, request, &id.0).await;
+        let (result, usage) = server.node.runtime.handle_metered(&module, request, &id.0).await;
         server.metrics.guest_time(&tenant.id, module.id(), usage.guest_time);
         for (model, elapsed) in &usage.inferences {
             server.metrics.inference(&tenant.id, model.name(), *elapsed);

@@ -3,6 +3,7 @@
 //! admitted within its tenant's limits, charged to its tenant, and tagged
 //! with a request id; guests and models run only through the `Runtime`.
 
+mod admin;
 mod admission;
 pub mod auth;
 mod error;
@@ -10,6 +11,7 @@ mod guest_route;
 mod kserve;
 mod metrics;
 
+use crate::deploy::Deployments;
 use crate::node::{Node, Tenant};
 use admission::{TenantGate, Turn};
 use axum::Router;
@@ -35,6 +37,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every handler shares.
 pub struct Server {
     node: Arc<Node>,
+    deployments: Arc<Deployments>,
     gates: HashMap<String, TenantGate>,
     metrics: NodeMetrics,
     /// False once shutdown has begun: `/readyz` then tells load balancers
@@ -56,9 +59,9 @@ struct Charge {
 }
 
 impl Server {
-    pub fn new(node: Arc<Node>) -> Arc<Server> {
+    pub fn new(node: Arc<Node>, deployments: Arc<Deployments>) -> Arc<Server> {
         let gates = node.tenants().map(|t| (t.id.clone(), TenantGate::new(&t.limits))).collect();
-        Arc::new(Server { node, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
+        Arc::new(Server { node, deployments, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
     }
 
     /// Takes a turn for a request of `tenant` and reads its body within
@@ -90,6 +93,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/t/{tenant}/{module}/", any(guest_route::call_with_path))
         .route("/t/{tenant}/{module}/{*rest}", any(guest_route::call_with_path))
         .merge(kserve::routes())
+        .merge(admin::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&server), observe))
         .with_state(server)
@@ -103,7 +107,7 @@ pub async fn serve(
     server: Arc<Server>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
-    let grace = server.node.shutdown_grace;
+    let grace = std::time::Duration::from_millis(server.node.settings.shutdown_grace_ms);
     let (begun_tx, begun_rx) = tokio::sync::oneshot::channel();
     let draining = Arc::clone(&server);
     let app = router(server);

@@ -3,6 +3,7 @@
 
 mod bundle;
 mod cli;
+mod deploy;
 mod image_classify;
 mod isolation;
 mod serve;

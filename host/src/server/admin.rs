@@ -1,0 +1,129 @@
+//! `/admin/v1/...`: the operator's API, behind its own token. Upload a
+//! bundle as a new version of a tenant's deployment (and activate it), list
+//! deployments, activate an earlier version, delete a deployment.
+
+use super::auth::key_hash;
+use super::error::ApiError;
+use super::{RequestId, Shared};
+use crate::deploy::DeployError;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub fn routes() -> axum::Router<Arc<super::Server>> {
+    axum::Router::new()
+        .route("/admin/v1/deployments", get(list))
+        .route("/admin/v1/tenants/{tenant}/deployments", post(upload))
+        .route("/admin/v1/tenants/{tenant}/deployments/{name}", axum::routing::delete(delete))
+        .route("/admin/v1/tenants/{tenant}/deployments/{name}/activate", post(activate))
+}
+
+/// Refuses a request that does not carry the operator token.
+fn operator(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.node.settings.admin_token_sha256 else {
+        return Err(ApiError::forbidden("the admin API is off: set admin_token_sha256 in the [node] table"));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "the admin API needs `Authorization: Bearer <token>`")
+        })?;
+    if bool::from(expected.0.ct_eq(&key_hash(presented))) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "the operator token is not valid"))
+    }
+}
+
+fn refused(error: DeployError) -> ApiError {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // The whole chain: a refusal names the file or field at fault.
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ApiError::new(status, message)
+}
+
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    #[serde(default = "yes")]
+    activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn upload(
+    state: Shared,
+    Extension(id): Extension<RequestId>,
+    Path(tenant): Path<String>,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        let limit = state.node.settings.max_bundle_bytes;
+        let limited = http_body_util::Limited::new(body, limit);
+        let archive = limited.collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the bundle is larger than {limit} bytes"))
+            } else {
+                ApiError::bad_request(format!("cannot read the bundle: {e}"))
+            }
+        })?;
+        let archive = archive.to_bytes();
+        let outcome = state.deployments.deploy(&state.node, &tenant, &archive, query.activate).await;
+        outcome.map(Json).map_err(|e| {
+            tracing::warn!(%tenant, request = %id.0, "deployment refused: {e}");
+            refused(e)
+        })
+    };
+    outcome.await.into_response()
+}
+
+async fn list(state: Shared, headers: HeaderMap) -> Response {
+    let outcome = operator(&state, &headers).and_then(|()| state.deployments.list().map_err(refused));
+    outcome.map(Json).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Activation {
+    version: String,
+}
+
+async fn activate(
+    state: Shared,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(activation): Json<Activation>,
+) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        state.deployments.activate(&state.node, &tenant, &name, &activation.version).await.map(Json).map_err(refused)
+    };
+    outcome.await.into_response()
+}
+
+async fn delete(state: Shared, Path((tenant, name)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        state.deployments.delete(&state.node, &tenant, &name).await.map_err(refused)?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+    };
+    outcome.await.into_response()
+}

@@ -1,0 +1,346 @@
+//! Deployment as an operator does it: `mantle deploy`, `status` and
+//! `rollback` against a real node, hot swaps under load, refusals that
+//! leave the node as it was, and restarts that recompile nothing.
+
+use mantle_tests::served::{ServedNode, key_sha256};
+use mantle_tests::{Finished, programs, run_mantle};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const OPERATOR_TOKEN: &str = "operator-secret-0123456789";
+const TENANT_KEY: &str = "mk_acme_0123456789abcdef";
+
+fn mantle(args: &[&str]) -> Finished {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    run_mantle(&args, b"", Duration::from_secs(120))
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A node with tenant `acme`, an operator token, and `trusted` signers.
+fn node_config(trusted: &[String]) -> String {
+    format!(
+        "[node]\nadmin_token_sha256 = \"{}\"\ntrusted_signers = {trusted:?}\n\n\
+         [[tenant]]\nid = \"acme\"\nkey_sha256 = [\"{}\"]\n",
+        key_sha256(OPERATOR_TOKEN),
+        key_sha256(TENANT_KEY)
+    )
+}
+
+/// A bundle directory `greeter` at `version`, whose one module, `greet`,
+/// is the echo test guest configured to greet with `version`.
+fn greeter(root: &Path, version: &str) -> PathBuf {
+    let dir = root.join(format!("greeter-{version}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(programs::ECHO, dir.join("greet.wasm")).expect("copy the guest");
+    let manifest = format!(
+        "[bundle]\nname = \"greeter\"\nversion = \"{version}\"\n\n\
+         [[module]]\nid = \"greet\"\nfile = \"greet.wasm\"\nconfig = {{ greeting = \"version {version}\" }}\n"
+    );
+    std::fs::write(dir.join("mantle.toml"), manifest).expect("write mantle.toml");
+    dir
+}
+
+/// Packs `dir` into `dir.mbundle`, signed with `key` if given.
+fn pack(dir: &Path, key: Option<&Path>) -> PathBuf {
+    let out = dir.with_extension("mbundle");
+    let mut args = vec!["bundle".to_owned(), path(dir), "-o".to_owned(), path(&out)];
+    if let Some(key) = key {
+        args.extend(["--sign".to_owned(), path(key)]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let packed = mantle(&args);
+    assert_eq!(packed.code, Some(0), "stderr: {}", packed.stderr);
+    out
+}
+
+fn deploy(node: &ServedNode, bundle: &Path) -> Finished {
+    mantle(&["deploy", &path(bundle), "--tenant", "acme", "--node", node.base(), "--token", OPERATOR_TOKEN])
+}
+
+/// What `greet` answers now: its greeting.
+fn greeting(node: &ServedNode) -> String {
+    let reply = node.post("/t/acme/greet", Some(TENANT_KEY), b"");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["greeting"].as_str().expect("a greeting").to_owned()
+}
+
+#[test]
+fn deploy_a_new_version_then_roll_back_with_the_cli_alone_and_restart_into_it() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let data = root.path().join("data");
+    let mut node = ServedNode::with_config_in(&node_config(&[]), &data);
+    assert_eq!(node.post("/t/acme/greet", Some(TENANT_KEY), b"").status, 404, "nothing deployed yet");
+
+    let v1 = pack(&greeter(root.path(), "1"), None);
+    let v2 = pack(&greeter(root.path(), "2"), None);
+    let first = deploy(&node, &v1);
+    assert_eq!(first.code, Some(0), "{}{}", String::from_utf8_lossy(&first.stdout), first.stderr);
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("greeter 1 active"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert_eq!(greeting(&node), "version 1");
+
+    assert_eq!(deploy(&node, &v2).code, Some(0));
+    assert_eq!(greeting(&node), "version 2");
+
+    let status = mantle(&["status", "--node", node.base(), "--token", OPERATOR_TOKEN]);
+    assert_eq!(status.code, Some(0), "stderr: {}", status.stderr);
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(listed.contains("acme/greeter  active 2  versions 1, 2"), "{listed}");
+
+    let back = mantle(&[
+        "rollback",
+        "--tenant",
+        "acme",
+        "--deployment",
+        "greeter",
+        "--node",
+        node.base(),
+        "--token",
+        OPERATOR_TOKEN,
+    ]);
+    assert_eq!(back.code, Some(0), "{}{}", String::from_utf8_lossy(&back.stdout), back.stderr);
+    assert_eq!(greeting(&node), "version 1");
+
+    // A restart comes back to exactly that state, from the compiled-code cache.
+    node.terminate();
+    assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0));
+    let node = ServedNode::with_config_in(&node_config(&[]), &data);
+    assert_eq!(greeting(&node), "version 1");
+    node.wait_for_stderr("restored the active deployments", Duration::from_secs(10));
+    let log = node.stderr();
+    let line = log.lines().find(|l| l.contains("restored the active deployments")).expect("the restore line");
+    assert!(line.contains("cache_hits=1"), "the module came from the cache, not the compiler: {line}");
+
+    // Wrong token: refused, and nothing changes.
+    let denied = mantle(&[
+        "rollback",
+        "--tenant",
+        "acme",
+        "--deployment",
+        "greeter",
+        "--version",
+        "2",
+        "--node",
+        node.base(),
+        "--token",
+        "guess",
+    ]);
+    assert_eq!(denied.code, Some(1));
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).contains("refused (401)"),
+        "{}",
+        String::from_utf8_lossy(&denied.stdout)
+    );
+    assert_eq!(greeting(&node), "version 1");
+}
+
+#[test]
+fn deploying_under_steady_load_fails_no_request() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let node = ServedNode::with_config(&node_config(&[]));
+    let bundles: Vec<PathBuf> = ["1", "2", "3"].iter().map(|v| pack(&greeter(root.path(), v), None)).collect();
+    assert_eq!(deploy(&node, &bundles[0]).code, Some(0));
+
+    let stop = AtomicBool::new(false);
+    let (served, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = node.post("/t/acme/greet", Some(TENANT_KEY), b"");
+                    let greeting =
+                        if reply.status == 200 { reply.json()["greeting"].as_str().map(str::to_owned) } else { None };
+                    match greeting {
+                        Some(g) if g.starts_with("version ") => served.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+        for bundle in bundles.iter().skip(1).chain(bundles.iter()) {
+            let deployed = deploy(&node, bundle);
+            assert_eq!(deployed.code, Some(0), "{}", String::from_utf8_lossy(&deployed.stdout));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the deploys");
+    assert!(served.load(Ordering::Relaxed) > 10, "the load ran throughout: {}", served.load(Ordering::Relaxed));
+    assert_eq!(greeting(&node), "version 3", "the last deploy of version 3 won");
+}
+
+/// A file of a bundle: its path and bytes.
+type BundleFile<'a> = (&'a str, &'a [u8]);
+
+/// A packed bundle with these entries, its index made to match, so that
+/// only the content is wrong.
+fn forge(out: &Path, files: &[BundleFile]) {
+    use sha2::Digest;
+    let index = serde_json::json!({
+        "format": "mantle-bundle/1",
+        "files": files.iter().map(|(p, b)| serde_json::json!({
+            "path": p, "size": b.len(), "sha256": hex::encode(sha2::Sha256::digest(b)),
+        })).collect::<Vec<_>>(),
+    });
+    let index = serde_json::to_vec(&index).expect("JSON");
+    let mut archive = tar::Builder::new(Vec::new());
+    for (name, bytes) in std::iter::once(("bundle.json", index.as_slice())).chain(files.iter().copied()) {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        archive.append_data(&mut header, name, bytes).expect("append");
+    }
+    std::fs::write(out, archive.into_inner().expect("finish")).expect("write the bundle");
+}
+
+#[test]
+fn a_refused_bundle_names_its_problem_and_changes_nothing() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let signer = root.path().join("acme");
+    let stranger = root.path().join("stranger");
+    for stem in [&signer, &stranger] {
+        assert_eq!(mantle(&["keygen", &path(stem)]).code, Some(0));
+    }
+    let trusted = std::fs::read_to_string(signer.with_extension("pub")).expect("the public key");
+    let node = ServedNode::with_config(&node_config(&[trusted.trim().to_owned()]));
+    let good = pack(&greeter(root.path(), "1"), Some(&signer.with_extension("key")));
+    assert_eq!(deploy(&node, &good).code, Some(0));
+    assert_eq!(greeting(&node), "version 1");
+
+    let v2 = greeter(root.path(), "2");
+    let flipped = root.path().join("flipped.mbundle");
+    let mut bytes = std::fs::read(pack(&v2, Some(&signer.with_extension("key")))).expect("the bundle");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&flipped, bytes).expect("write");
+    let strangers = root.path().join("strangers.mbundle");
+    std::fs::rename(pack(&v2, Some(&stranger.with_extension("key"))), &strangers).expect("rename");
+    let signed_cases = [
+        ("a flipped byte", flipped, "corrupt"),
+        ("a stranger's signature", strangers, "not a trusted key"),
+        ("no signature", pack(&v2, None), "not signed"),
+    ];
+    for (what, bundle, reason) in signed_cases {
+        let deployed = deploy(&node, &bundle);
+        let said = String::from_utf8_lossy(&deployed.stdout).into_owned();
+        assert_eq!(deployed.code, Some(1), "{what}: {said}");
+        assert!(said.contains(reason), "{what}: {said}");
+        assert_eq!(greeting(&node), "version 1", "{what} changed what is served");
+    }
+
+    // Bundles whose index is right but whose contents are wrong, at a node
+    // that takes unsigned bundles.
+    let open = ServedNode::with_config(&node_config(&[]));
+    assert_eq!(deploy(&open, &pack(&greeter(root.path(), "1"), None)).code, Some(0));
+    let echo = std::fs::read(programs::ECHO).expect("the echo guest");
+    let manifest = std::fs::read_to_string(v2.join("mantle.toml")).expect("the manifest");
+    let typo = format!("{manifest}route = \"/greet\"\n");
+    let with_model =
+        format!("{manifest}\n[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nsha256 = \"{}\"\n", key_sha256("not shipped"));
+    let forged: [(&str, &[BundleFile], &str); 3] = [
+        ("an unknown field", &[("mantle.toml", typo.as_bytes()), ("greet.wasm", &echo)], "unknown field `route`"),
+        ("a missing model", &[("mantle.toml", with_model.as_bytes()), ("greet.wasm", &echo)], "no file `m.onnx`"),
+        (
+            "a module that is not a component",
+            &[("mantle.toml", manifest.as_bytes()), ("greet.wasm", b"\0asm\x01\0\0\0")],
+            "not a component",
+        ),
+    ];
+    for (what, files, reason) in forged {
+        let bundle = root.path().join("forged.mbundle");
+        forge(&bundle, files);
+        let deployed = deploy(&open, &bundle);
+        let said = String::from_utf8_lossy(&deployed.stdout).into_owned();
+        assert_eq!(deployed.code, Some(1), "{what}: {said}");
+        assert!(said.contains(reason), "{what}: {said}");
+        assert_eq!(greeting(&open), "version 1", "{what} changed what is served");
+    }
+}
+
+/// The echo guest with a custom section of `padding` bytes that differ per
+/// `seed`: a distinct component, and so distinct blobs and compiled code,
+/// for every version.
+fn padded_echo(seed: u64, padding: usize) -> Vec<u8> {
+    let mut wasm = std::fs::read(programs::ECHO).expect("the echo guest");
+    let name = b"mantle-test-padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    payload.extend((0..padding).map(|_| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    }));
+    wasm.push(0); // a custom section
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        wasm.push(if size == 0 { byte } else { byte | 0x80 });
+        if size == 0 {
+            break;
+        }
+    }
+    wasm.extend_from_slice(&payload);
+    wasm
+}
+
+#[test]
+fn a_node_killed_during_deploys_restarts_into_the_old_or_the_new_version() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let data = root.path().join("data");
+    let config = node_config(&[]);
+    let mut node = ServedNode::with_config_in(&config, &data);
+    let mut active: Option<String> = None;
+    for round in 1..=20u64 {
+        let version = round.to_string();
+        let dir = greeter(root.path(), &version);
+        std::fs::write(dir.join("greet.wasm"), padded_echo(round, 8 << 20)).expect("write the guest");
+        let bundle = pack(&dir, None);
+        // Kill the node somewhere between before the upload and after the
+        // activation: here a deploy takes about 100 ms from the command's
+        // start, so the spread lands before, during and after it.
+        let delay = Duration::from_millis((round * 7919) % 250);
+        std::thread::scope(|scope| {
+            let base = node.base().to_owned();
+            scope.spawn(move || {
+                mantle(&["deploy", &path(&bundle), "--tenant", "acme", "--node", &base, "--token", OPERATOR_TOKEN])
+            });
+            std::thread::sleep(delay);
+            node.kill();
+        });
+
+        // On disk: every blob is whole, and the active version is the one
+        // before or the one being deployed, complete.
+        {
+            let store = mantle::store::Store::open(&data).expect("the store opens after a kill");
+            assert_eq!(store.damaged_blobs().expect("blobs checked"), Vec::<String>::new(), "round {round}");
+            let deployments = store.deployments().expect("deployments");
+            let now = deployments.iter().find(|d| d.name == "greeter").and_then(|d| d.active.clone());
+            assert!(
+                now == active || now.as_deref() == Some(version.as_str()),
+                "round {round}: active {now:?}, before {active:?}"
+            );
+            if let Some(stored) = deployments.iter().find_map(|d| d.active_version()) {
+                store.load(stored).expect("the active version loads whole");
+            }
+            active = now;
+        }
+        // And served: the restarted node answers with exactly that version.
+        node = ServedNode::with_config_in(&config, &data);
+        match &active {
+            Some(version) => assert_eq!(greeting(&node), format!("version {version}"), "round {round}"),
+            None => assert_eq!(node.post("/t/acme/greet", Some(TENANT_KEY), b"").status, 404),
+        }
+    }
+    // After twenty kills the store takes the next deploy as usual.
+    let last = pack(&greeter(root.path(), "21"), None);
+    assert_eq!(deploy(&node, &last).code, Some(0));
+    assert_eq!(greeting(&node), "version 21");
+}
