@@ -3,8 +3,16 @@
 
 include!("../guest/build_support.rs");
 
-const TEST_PROGRAMS: [&str; 7] =
-    ["echo", "loop-forever", "memory-bomb", "nn-probe", "sandbox-probe", "sleep-forever", "tensor-probe"];
+const TEST_PROGRAMS: [&str; 8] = [
+    "echo",
+    "loop-forever",
+    "memory-bomb",
+    "nn-probe",
+    "sandbox-probe",
+    "sleep-forever",
+    "tensor-probe",
+    "wasi-command",
+];
 
 fn main() {
     let paths = build_guests(&TEST_PROGRAMS);

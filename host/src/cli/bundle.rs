@@ -1,6 +1,6 @@
 //! `mantle bundle`: pack a bundle directory into one file, signed or not.
 
-use super::Failure;
+use super::{Failure, count};
 use anyhow::Context;
 use clap::Args;
 use mantle::bundle::{Bundle, MANIFEST, keys};
@@ -47,8 +47,4 @@ pub fn run(args: BundleArgs) -> Result<(), Failure> {
         packed.len() as f64 / 1e6
     );
     Ok(())
-}
-
-fn count(n: usize, thing: &str) -> String {
-    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
 }

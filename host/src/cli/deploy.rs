@@ -1,7 +1,7 @@
 //! `mantle deploy`, `mantle status` and `mantle rollback`: the operator's
 //! side of the admin API, against one node or many at once.
 
-use super::Failure;
+use super::{Failure, count};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -135,10 +135,10 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
             Ok((200, body)) => {
                 let state = if body["active"] == true { "active" } else { "stored" };
                 println!(
-                    "{node}: {} {} {state} ({} modules, {} from the compiled-code cache)",
+                    "{node}: {} {} {state} ({}, {} from the compiled-code cache)",
                     body["deployment"].as_str().unwrap_or("?"),
                     body["version"].as_str().unwrap_or("?"),
-                    body["modules"].as_array().map_or(0, Vec::len),
+                    count(body["modules"].as_array().map_or(0, Vec::len), "module"),
                     body["cache_hits"]
                 );
             }

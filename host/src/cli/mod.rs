@@ -18,7 +18,8 @@ Exit codes:
   0  the guest answered with a 2xx status (run), or the node stopped on
      SIGTERM or SIGINT (serve)
   1  the guest answered with another status, refused the request, trapped,
-     or ran out of time or memory (the reason is on stderr)
+     or ran out of time or memory (the reason is on stderr); or a node
+     refused or did not answer (deploy, status, rollback)
   2  the command line is wrong
   3  mantle could not start: a file, bundle, model or module could not be
      loaded
@@ -128,4 +129,9 @@ pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("expected NAME=VALUE, got `{text}`")),
     }
+}
+
+/// `n` things, as a person would write it: "1 module", "2 modules".
+pub(crate) fn count(n: usize, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
 }

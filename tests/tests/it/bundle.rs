@@ -145,26 +145,43 @@ fn a_damaged_or_untrusted_bundle_is_refused_by_name() {
 }
 
 #[test]
-fn the_readme_bundle_commands_work_as_printed() {
+fn the_readme_bundle_and_deploy_commands_work_as_printed() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("the README");
-    let commands = readme
-        .split("## Ship a bundle")
-        .nth(1)
-        .and_then(|section| section.split("```sh\n").nth(1))
-        .and_then(|block| block.split("\n```").next())
-        .expect("the README shows how to ship a bundle");
+    let block = |heading: &str| {
+        readme
+            .split(heading)
+            .nth(1)
+            .and_then(|section| section.split("```sh\n").nth(1))
+            .and_then(|block| block.split("\n```").next())
+            .unwrap_or_else(|| panic!("the README has commands under {heading}"))
+            .to_owned()
+    };
+    // The node listens on a free port rather than the README's 8081.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let deploy = block("## Deploy to nodes").replace("127.0.0.1:8081", &format!("127.0.0.1:{port}"));
+    // The node started in the background is stopped whatever happens.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{}\n{deploy}", block("## Ship a bundle"));
     // A directory that looks like the repository root: the commands write
     // their files beside `target/` and `models/`.
     let root = tempfile::tempdir().expect("a temp dir");
     mantle_binary();
     std::os::unix::fs::symlink(target_dir(), root.path().join("target")).expect("link target/");
     std::os::unix::fs::symlink(models_dir(), root.path().join("models")).expect("link models/");
-    let output = std::process::Command::new("bash")
-        .args(["-euc", commands])
+    let output = std::process::Command::new("timeout")
+        .args(["300", "bash", "-euc", &script])
         .current_dir(root.path())
         .output()
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains(r#"{"top":[{"index":967,"label":"espresso""#), "{stdout}");
+    let espresso = r#"{"top":[{"index":967,"label":"espresso""#;
+    assert_eq!(stdout.matches(espresso).count(), 2, "offline and deployed, the photo is an espresso: {stdout}");
+    for expected in [
+        "vision 1.0.0 active",
+        "vision 1.1.0 active",
+        "acme/vision  active 1.1.0  versions 1.0.0, 1.1.0",
+        "acme/vision 1.0.0 active",
+    ] {
+        assert!(stdout.contains(expected), "{expected}: {stdout}");
+    }
 }

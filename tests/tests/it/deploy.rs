@@ -244,13 +244,19 @@ fn a_refused_bundle_names_its_problem_and_changes_nothing() {
     let typo = format!("{manifest}route = \"/greet\"\n");
     let with_model =
         format!("{manifest}\n[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nsha256 = \"{}\"\n", key_sha256("not shipped"));
-    let forged: [(&str, &[BundleFile], &str); 3] = [
+    let command = std::fs::read(programs::WASI_COMMAND).expect("the WASI command");
+    let forged: [(&str, &[BundleFile], &str); 4] = [
         ("an unknown field", &[("mantle.toml", typo.as_bytes()), ("greet.wasm", &echo)], "unknown field `route`"),
         ("a missing model", &[("mantle.toml", with_model.as_bytes()), ("greet.wasm", &echo)], "no file `m.onnx`"),
         (
             "a module that is not a component",
             &[("mantle.toml", manifest.as_bytes()), ("greet.wasm", b"\0asm\x01\0\0\0")],
             "not a component",
+        ),
+        (
+            "a component of another world",
+            &[("mantle.toml", manifest.as_bytes()), ("greet.wasm", &command)],
+            "does not fit the mantle:edge/guest world",
         ),
     ];
     for (what, files, reason) in forged {
