@@ -4,10 +4,10 @@
 //! active versions are restored from the store without recompiling.
 
 use crate::bundle::keys::parse_verifying_key;
-use crate::bundle::manifest::Sha256;
+use crate::bundle::manifest::{ModelPolicy, Sha256};
 use crate::bundle::{Bundle, BundleError};
 use crate::models::{LoadError, LoadOptions, Model};
-use crate::node::{HeldModel, Node, Tenant, module_grants};
+use crate::node::{Deployed, HeldModel, Node, Tenant, compare_versions, module_grants};
 use crate::runtime::{GuestModule, ModuleSpec, SetupError};
 use crate::store::{Deployment, Store, StoreError};
 use ed25519_dalek::VerifyingKey;
@@ -80,6 +80,8 @@ type ModelKey = (Sha256, BTreeMap<String, usize>);
 struct Prepared {
     version: String,
     modules: Vec<Arc<GuestModule>>,
+    /// The model versions its policy serves through KServe.
+    models: Vec<Arc<HeldModel>>,
     cache_hits: usize,
 }
 
@@ -183,7 +185,7 @@ impl Deployments {
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         active.remove(&(tenant_id.to_owned(), name.to_owned()));
         if let Some(tenant) = node.tenant(tenant_id) {
-            tenant.set_deployed(modules_of(&active, tenant_id));
+            tenant.set_deployed(deployed_of(&active, tenant_id));
         }
         Ok(())
     }
@@ -251,7 +253,8 @@ impl Deployments {
             cache_hits += usize::from(cached);
             modules.push(Arc::new(compiled));
         }
-        Ok(Prepared { version: manifest.bundle.version.to_string(), modules, cache_hits })
+        let models = served_models(&manifest.bundle.kserve_versions, &held);
+        Ok(Prepared { version: manifest.bundle.version.to_string(), modules, models, cache_hits })
     }
 
     /// The model in `bytes`, loaded once for every bundle that ships it
@@ -285,7 +288,7 @@ impl Deployments {
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         active.insert((tenant_id.to_owned(), name.to_owned()), prepared);
         if let Some(tenant) = node.tenant(tenant_id) {
-            tenant.set_deployed(modules_of(&active, tenant_id));
+            tenant.set_deployed(deployed_of(&active, tenant_id));
         }
         tracing::info!(
             tenant = %tenant_id, deployment = %name, version = %result.version,
@@ -306,11 +309,35 @@ fn outcome(tenant: &str, name: &str, prepared: &Prepared, active: bool) -> Outco
     }
 }
 
-/// Every module of `tenant`'s active deployments, by id.
-fn modules_of(active: &BTreeMap<(String, String), Prepared>, tenant: &str) -> BTreeMap<String, Arc<GuestModule>> {
-    active
-        .iter()
-        .filter(|((t, _), _)| t == tenant)
-        .flat_map(|(_, prepared)| prepared.modules.iter().map(|m| (m.id().to_owned(), Arc::clone(m))))
-        .collect()
+/// What `tenant`'s active deployments serve, together.
+fn deployed_of(active: &BTreeMap<(String, String), Prepared>, tenant: &str) -> Deployed {
+    let mut deployed = Deployed::default();
+    for (_, prepared) in active.iter().filter(|((t, _), _)| t == tenant) {
+        deployed.modules.extend(prepared.modules.iter().map(|m| (m.id().to_owned(), Arc::clone(m))));
+        deployed.models.extend(prepared.models.iter().cloned());
+    }
+    deployed
+}
+
+/// The model versions `policy` serves through KServe.
+fn served_models(policy: &ModelPolicy, held: &[Arc<HeldModel>]) -> Vec<Arc<HeldModel>> {
+    match policy {
+        ModelPolicy::None => Vec::new(),
+        ModelPolicy::All => held.to_vec(),
+        ModelPolicy::Versions(versions) => {
+            held.iter().filter(|m| versions.iter().any(|v| v.as_str() == m.version)).cloned().collect()
+        }
+        ModelPolicy::Latest => {
+            let mut latest: BTreeMap<&str, &Arc<HeldModel>> = BTreeMap::new();
+            for model in held {
+                let newer = latest
+                    .get(model.name.as_str())
+                    .is_none_or(|l| compare_versions(&model.version, &l.version).is_gt());
+                if newer {
+                    latest.insert(&model.name, model);
+                }
+            }
+            latest.into_values().cloned().collect()
+        }
+    }
 }

@@ -42,9 +42,19 @@ pub struct Tenant {
     models: Vec<Arc<HeldModel>>,
     /// Modules from the configuration.
     modules: BTreeMap<String, Arc<GuestModule>>,
-    /// Modules of the tenant's active deployments, swapped whole when a
-    /// deployment changes: a request holds the module it started with.
-    deployed: RwLock<Arc<BTreeMap<String, Arc<GuestModule>>>>,
+    /// What the tenant's active deployments serve, swapped whole when a
+    /// deployment changes: a request holds what it started with.
+    deployed: RwLock<Arc<Deployed>>,
+}
+
+/// What a tenant's active deployments serve.
+#[derive(Default)]
+pub struct Deployed {
+    /// Guest modules by id.
+    pub modules: BTreeMap<String, Arc<GuestModule>>,
+    /// Model versions served through KServe, as the deployments' version
+    /// policies chose them.
+    pub models: Vec<Arc<HeldModel>>,
 }
 
 impl Tenant {
@@ -53,7 +63,7 @@ impl Tenant {
         if let Some(module) = self.modules.get(id) {
             return Some(Arc::clone(module));
         }
-        self.deployed.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned()
+        self.deployed().modules.get(id).cloned()
     }
 
     /// Whether the configuration defines module `id`.
@@ -61,21 +71,45 @@ impl Tenant {
         self.modules.contains_key(id)
     }
 
-    /// Replaces the modules of the tenant's active deployments.
-    pub fn set_deployed(&self, modules: BTreeMap<String, Arc<GuestModule>>) {
-        *self.deployed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(modules);
+    /// Replaces what the tenant's active deployments serve.
+    pub fn set_deployed(&self, deployed: Deployed) {
+        *self.deployed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(deployed);
     }
 
-    /// A granted model by name and, optionally, version. Without a version
-    /// it is the granted version listed last in the configuration.
-    pub fn model(&self, name: &str, version: Option<&str>) -> Option<&Arc<HeldModel>> {
-        self.models.iter().rev().find(|m| m.name == name && version.is_none_or(|v| v == m.version))
+    fn deployed(&self) -> Arc<Deployed> {
+        Arc::clone(&self.deployed.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Every version of `name` the tenant was granted.
-    pub fn versions(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.models.iter().filter(move |m| m.name == name).map(|m| m.version.as_str())
+    /// A model the tenant may use through KServe, by name and, optionally,
+    /// version. Without a version it is the configured grant listed last,
+    /// or else the highest deployed version.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Option<Arc<HeldModel>> {
+        let wanted = |m: &&Arc<HeldModel>| m.name == name && version.is_none_or(|v| v == m.version);
+        if let Some(model) = self.models.iter().rev().find(wanted) {
+            return Some(Arc::clone(model));
+        }
+        let deployed = self.deployed();
+        deployed.models.iter().filter(wanted).max_by(|a, b| compare_versions(&a.version, &b.version)).cloned()
     }
+
+    /// Every version of `name` the tenant may use through KServe.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        let deployed = self.deployed();
+        let all = self.models.iter().chain(deployed.models.iter());
+        let mut versions: Vec<String> = all.filter(|m| m.name == name).map(|m| m.version.clone()).collect();
+        versions.sort_by(|a, b| compare_versions(a, b));
+        versions.dedup();
+        versions
+    }
+}
+
+/// Orders versions as people number them: `2` before `10`, `1.2` before
+/// `1.10`; parts that are not numbers compare as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| -> Vec<(u64, String)> {
+        v.split(['.', '-', '_']).map(|p| (p.parse().unwrap_or(u64::MAX), p.to_owned())).collect()
+    };
+    parts(a).cmp(&parts(b))
 }
 
 /// Everything a node serves.

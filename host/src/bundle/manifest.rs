@@ -27,6 +27,47 @@ pub struct BundleInfo {
     /// The deployment this bundle is a version of.
     pub name: Id,
     pub version: Name,
+    /// Which versions of the bundle's models KServe serves to the tenant:
+    /// `"latest"` (the highest version of each model), `"all"`, or a list
+    /// of versions. By default none: the models serve only the guests.
+    #[serde(default)]
+    pub kserve_versions: ModelPolicy,
+}
+
+/// Which model versions a deployment serves through KServe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "PolicyText")]
+pub enum ModelPolicy {
+    #[default]
+    None,
+    Latest,
+    All,
+    Versions(Vec<Name>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PolicyText {
+    Word(String),
+    Versions(Vec<Name>),
+}
+
+impl TryFrom<PolicyText> for ModelPolicy {
+    type Error = String;
+
+    fn try_from(text: PolicyText) -> Result<Self, String> {
+        match text {
+            PolicyText::Word(word) => match word.as_str() {
+                "none" => Ok(ModelPolicy::None),
+                "latest" => Ok(ModelPolicy::Latest),
+                "all" => Ok(ModelPolicy::All),
+                other => Err(format!(
+                    "`{other}` is not a version policy: use \"latest\", \"all\", \"none\" or a list of versions"
+                )),
+            },
+            PolicyText::Versions(versions) => Ok(ModelPolicy::Versions(versions)),
+        }
+    }
 }
 
 /// A model the bundle ships.
@@ -167,6 +208,11 @@ impl BundleManifest {
                 if !self.models.iter().any(|m| grant.covers(m.name.as_str(), m.version.as_str())) {
                     return Err(format!("module `{}`: model `{grant}` is not in the bundle", module.id));
                 }
+            }
+        }
+        if let ModelPolicy::Versions(versions) = &self.bundle.kserve_versions {
+            if let Some(missing) = versions.iter().find(|v| !self.models.iter().any(|m| m.version == **v)) {
+                return Err(format!("kserve_versions names version `{missing}`, which no model of the bundle has"));
             }
         }
         if self.modules.is_empty() {

@@ -350,3 +350,66 @@ fn a_node_killed_during_deploys_restarts_into_the_old_or_the_new_version() {
     assert_eq!(deploy(&node, &last).code, Some(0));
     assert_eq!(greeting(&node), "version 21");
 }
+
+#[test]
+fn a_deployment_serves_the_model_versions_its_policy_names_through_kserve() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let node = ServedNode::with_config(&node_config(&[]));
+    let model = std::fs::read(mantle_tests::model_path("efficientnet-lite0")).expect("the model");
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&model))
+    };
+    // Two versions of the model, the same file, as a bundle that serves
+    // them by `policy`.
+    let bundle = |version: &str, policy: &str| {
+        let dir = root.path().join(format!("models-{version}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("model.onnx"), &model).expect("copy the model");
+        std::fs::copy(programs::ECHO, dir.join("greet.wasm")).expect("copy the guest");
+        let table = |v: &str| {
+            format!(
+                "[[model]]\nname = \"efficientnet-lite0\"\nversion = \"{v}\"\nfile = \"model.onnx\"\nsha256 = \"{digest}\"\npin = {{ N = 1 }}\n\n"
+            )
+        };
+        let manifest = format!(
+            "[bundle]\nname = \"models\"\nversion = \"{version}\"\nkserve_versions = {policy}\n\n{}{}\
+             [[module]]\nid = \"greet\"\nfile = \"greet.wasm\"\n",
+            table("1"),
+            table("2")
+        );
+        std::fs::write(dir.join("mantle.toml"), manifest).expect("write mantle.toml");
+        pack(&dir, None)
+    };
+    let ready = |path: &str| node.get(&format!("/v2/models/efficientnet-lite0{path}/ready"), Some(TENANT_KEY)).status;
+    let versions = || {
+        let reply = node.get("/v2/models/efficientnet-lite0", Some(TENANT_KEY));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["versions"].clone()
+    };
+
+    assert_eq!(deploy(&node, &bundle("a", "\"latest\"")).code, Some(0));
+    assert_eq!(versions(), serde_json::json!(["2"]));
+    assert_eq!((ready(""), ready("/versions/2"), ready("/versions/1")), (200, 200, 403));
+    let zeros = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": vec![0.0f32; 3 * 224 * 224]}]
+    });
+    let reply = node.post(
+        "/v2/models/efficientnet-lite0/versions/2/infer",
+        Some(TENANT_KEY),
+        &serde_json::to_vec(&zeros).expect("JSON"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["model_version"], "2");
+
+    assert_eq!(deploy(&node, &bundle("b", "[\"1\"]")).code, Some(0));
+    assert_eq!(versions(), serde_json::json!(["1"]));
+    assert_eq!((ready("/versions/1"), ready("/versions/2")), (200, 403));
+
+    assert_eq!(deploy(&node, &bundle("c", "\"all\"")).code, Some(0));
+    assert_eq!(versions(), serde_json::json!(["1", "2"]));
+
+    assert_eq!(deploy(&node, &bundle("d", "\"none\"")).code, Some(0));
+    assert_eq!(ready(""), 403, "no version is served, and the guest still runs");
+    assert_eq!(node.post("/t/acme/greet", Some(TENANT_KEY), b"").status, 200);
+}

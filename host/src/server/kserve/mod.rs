@@ -86,7 +86,7 @@ impl IntoResponse for Refusal {
 /// model and one the node does not hold get the same answer.
 fn granted(server: &Server, headers: &HeaderMap, path: &ModelPath) -> Result<(Arc<Tenant>, Arc<HeldModel>), Refusal> {
     let tenant = authenticate(&server.node, headers).map_err(|error| Refusal { tenant: String::new(), error })?;
-    let model = tenant.model(&path.model, path.version.as_deref()).cloned().ok_or_else(|| {
+    let model = tenant.model(&path.model, path.version.as_deref()).ok_or_else(|| {
         let what = match &path.version {
             Some(version) => format!("model `{}` version `{version}`", path.model),
             None => format!("model `{}`", path.model),
@@ -119,7 +119,7 @@ async fn model_metadata(state: Shared, Path(path): Path<ModelPath>, headers: Hea
             json!({"name": o.name, "datatype": datatype, "shape": shape(&o.shape)})
         })
         .collect();
-    let versions: Vec<&str> = tenant.versions(&held.name).collect();
+    let versions = tenant.versions(&held.name);
     let metadata = json!({
         "name": held.name,
         "versions": versions,
