@@ -210,10 +210,10 @@ impl BundleManifest {
                 }
             }
         }
-        if let ModelPolicy::Versions(versions) = &self.bundle.kserve_versions {
-            if let Some(missing) = versions.iter().find(|v| !self.models.iter().any(|m| m.version == **v)) {
-                return Err(format!("kserve_versions names version `{missing}`, which no model of the bundle has"));
-            }
+        if let ModelPolicy::Versions(versions) = &self.bundle.kserve_versions
+            && let Some(missing) = versions.iter().find(|v| !self.models.iter().any(|m| m.version == **v))
+        {
+            return Err(format!("kserve_versions names version `{missing}`, which no model of the bundle has"));
         }
         if self.modules.is_empty() {
             return Err("the bundle has no [[module]]".to_owned());
