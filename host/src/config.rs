@@ -328,6 +328,10 @@ impl NodeConfig {
     /// Checks what the types alone cannot: uniqueness, and that every grant
     /// and module names something that exists.
     fn check(&self) -> Result<(), String> {
+        for signer in &self.node.trusted_signers {
+            crate::bundle::keys::parse_verifying_key(signer)
+                .map_err(|e| format!("trusted_signers: `{signer}` is not a public key from `mantle keygen`: {e}"))?;
+        }
         let mut models = HashSet::new();
         for model in &self.models {
             if !models.insert((model.name.as_str(), model.version.as_str())) {

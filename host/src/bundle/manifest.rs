@@ -247,4 +247,24 @@ mod tests {
         let missing = BundleManifest::parse(&manifest(&model, &module.replace("[\"m\"]", "[\"n\"]"))).unwrap_err();
         assert!(missing.contains("module `classify`: model `n` is not in the bundle"), "{missing}");
     }
+
+    #[test]
+    fn a_version_policy_is_a_word_or_versions_the_bundle_has() {
+        let model = format!("[[model]]\nname = \"m\"\nversion = \"2\"\nfile = \"m.onnx\"\nsha256 = \"{SHA}\"\n");
+        let module = "[[module]]\nid = \"classify\"\nfile = \"c.wasm\"\n";
+        let with = |policy: &str| {
+            let text = manifest(&model, module)
+                .replace("version = \"2\"\n\n", &format!("version = \"2\"\nkserve_versions = {policy}\n\n"));
+            BundleManifest::parse(&text)
+        };
+        assert_eq!(with("\"latest\"").expect("latest").bundle.kserve_versions, ModelPolicy::Latest);
+        assert_eq!(
+            with("[\"2\"]").expect("a list").bundle.kserve_versions,
+            ModelPolicy::Versions(vec![Name("2".into())])
+        );
+        let word = with("\"newest\"").unwrap_err();
+        assert!(word.contains("`newest` is not a version policy"), "{word}");
+        let missing = with("[\"3\"]").unwrap_err();
+        assert!(missing.contains("kserve_versions names version `3`"), "{missing}");
+    }
 }
