@@ -103,6 +103,11 @@ impl Deployments {
         })
     }
 
+    /// Where compiled code is kept, for every module the node serves.
+    pub fn compiled_dir(&self) -> &Path {
+        &self.compiled_dir
+    }
+
     /// Serves the active version of every stored deployment. A deployment
     /// that no longer loads (its tenant is gone, the store is damaged) is
     /// logged and skipped: the node serves everything else.

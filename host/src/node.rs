@@ -123,18 +123,19 @@ pub struct Node {
 }
 
 impl Node {
-    /// Loads every model and compiles every module of `config`.
-    pub fn build(config: &NodeConfig) -> Result<Node, NodeError> {
-        Self::build_inner(config, None)
+    /// Loads every model and compiles every module of `config`, keeping
+    /// compiled code in `compiled_dir` so that a restart compiles nothing.
+    pub fn build(config: &NodeConfig, compiled_dir: &Path) -> Result<Node, NodeError> {
+        Self::build_inner(config, compiled_dir, None)
     }
 
     /// The bundled example guests and their models from `models_dir`, as
     /// tenant `demo`, reachable without a key.
-    pub fn examples(models_dir: &Path) -> Result<Node, NodeError> {
-        Self::build_inner(&examples_config(models_dir), Some(DEMO_TENANT))
+    pub fn examples(models_dir: &Path, compiled_dir: &Path) -> Result<Node, NodeError> {
+        Self::build_inner(&examples_config(models_dir), compiled_dir, Some(DEMO_TENANT))
     }
 
-    fn build_inner(config: &NodeConfig, open_tenant: Option<&str>) -> Result<Node, NodeError> {
+    fn build_inner(config: &NodeConfig, compiled_dir: &Path, open_tenant: Option<&str>) -> Result<Node, NodeError> {
         let settings = &config.node;
         let runtime = Runtime::new(&RuntimeConfig {
             max_instances: settings.max_instances,
@@ -143,7 +144,7 @@ impl Node {
         let held = config.models.iter().map(load_model).collect::<Result<Vec<_>, _>>()?;
         let mut tenants = BTreeMap::new();
         for tenant in &config.tenants {
-            let built = build_tenant(&runtime, tenant, &held)?;
+            let built = build_tenant(&runtime, compiled_dir, tenant, &held)?;
             tenants.insert(built.id.clone(), Arc::new(built));
         }
         let open_tenant = open_tenant.and_then(|id| tenants.get(id)).cloned();
@@ -178,12 +179,17 @@ fn covered<'a>(grants: &'a [Grant], held: &'a [Arc<HeldModel>]) -> impl Iterator
     held.iter().filter(|m| grants.iter().any(|g| g.covers(&m.name, &m.version)))
 }
 
-fn build_tenant(runtime: &Runtime, config: &TenantConfig, held: &[Arc<HeldModel>]) -> Result<Tenant, NodeError> {
+fn build_tenant(
+    runtime: &Runtime,
+    compiled_dir: &Path,
+    config: &TenantConfig,
+    held: &[Arc<HeldModel>],
+) -> Result<Tenant, NodeError> {
     let tenant = config.id.to_string();
     let models: Vec<Arc<HeldModel>> = covered(&config.grants, held).cloned().collect();
     let mut modules = BTreeMap::new();
     for module in &config.modules {
-        let compiled = build_module(runtime, &tenant, module, &models)?;
+        let compiled = build_module(runtime, compiled_dir, &tenant, module, &models)?;
         modules.insert(module.id.to_string(), Arc::new(compiled));
     }
     Ok(Tenant {
@@ -209,6 +215,7 @@ pub fn module_grants<'a>(held: impl IntoIterator<Item = &'a Arc<HeldModel>>) -> 
 
 fn build_module(
     runtime: &Runtime,
+    compiled_dir: &Path,
     tenant: &str,
     config: &ModuleConfig,
     granted: &[Arc<HeldModel>],
@@ -232,7 +239,10 @@ fn build_module(
             std::borrow::Cow::Borrowed(example.map_or(&[][..], |e| e.wasm))
         }
     };
-    runtime.load_module(spec, &wasm).map_err(|source| NodeError::Module { tenant: tenant.to_owned(), source })
+    let (module, _cached) = runtime
+        .load_module_cached(spec, &wasm, compiled_dir)
+        .map_err(|source| NodeError::Module { tenant: tenant.to_owned(), source })?;
+    Ok(module)
 }
 
 /// The configuration of the bundled examples: each example model from

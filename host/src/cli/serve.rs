@@ -37,35 +37,31 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let started = Instant::now();
-    let node = match &args.config {
-        Some(path) => {
-            let config = NodeConfig::load(path)?;
-            tokio::task::block_in_place(|| Node::build(&config))
-                .with_context(|| format!("cannot set up the node from {}", path.display()))?
-        }
-        None => {
-            if !args.models_dir.join("samples").is_dir() {
-                return Err(Failure::Setup(anyhow::anyhow!(
-                    "no models directory at {}: run from the repository root, or pass --models-dir or --config",
-                    args.models_dir.display()
-                )));
-            }
-            tokio::task::block_in_place(|| Node::examples(&args.models_dir))
-                .context("cannot set up the bundled examples")?
-        }
-    };
+    let config = args.config.as_deref().map(NodeConfig::load).transpose()?;
+    if config.is_none() && !args.models_dir.join("samples").is_dir() {
+        return Err(Failure::Setup(anyhow::anyhow!(
+            "no models directory at {}: run from the repository root, or pass --models-dir or --config",
+            args.models_dir.display()
+        )));
+    }
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => dirs::data_dir()
             .map(|dir| dir.join("mantle"))
             .context("this user has no data directory: pass --data-dir")?,
     };
-    let deployments = tokio::task::block_in_place(|| {
-        let deployments = Deployments::open(&data_dir, &node.settings.trusted_signers)?;
-        deployments.restore(&node).map(|restored| (deployments, restored))
-    });
-    let (deployments, restored) =
-        deployments.with_context(|| format!("cannot open the node store in {}", data_dir.display()))?;
+    // The store first: it refuses a second node on the same data directory
+    // before any work is done.
+    let trusted = config.as_ref().map_or(&[][..], |c| &c.node.trusted_signers);
+    let deployments = tokio::task::block_in_place(|| Deployments::open(&data_dir, trusted))
+        .with_context(|| format!("cannot open the node store in {}", data_dir.display()))?;
+    let node = tokio::task::block_in_place(|| match (&config, &args.config) {
+        (Some(config), Some(path)) => Node::build(config, deployments.compiled_dir())
+            .with_context(|| format!("cannot set up the node from {}", path.display())),
+        _ => Node::examples(&args.models_dir, deployments.compiled_dir()).context("cannot set up the bundled examples"),
+    })?;
+    let restored = tokio::task::block_in_place(|| deployments.restore(&node))
+        .with_context(|| format!("cannot read the deployments in {}", data_dir.display()))?;
     if !restored.is_empty() {
         let hits: usize = restored.iter().map(|r| r.cache_hits).sum();
         let modules: usize = restored.iter().map(|r| r.modules.len()).sum();
