@@ -48,7 +48,7 @@ impl DeployError {
 }
 
 /// What a deployment change did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub tenant: String,
     pub deployment: String,

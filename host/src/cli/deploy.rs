@@ -5,6 +5,9 @@ use super::{Failure, count};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use mantle::deploy::Outcome;
+use mantle::store::Deployment;
+use serde::de::DeserializeOwned;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,25 +72,45 @@ fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(NODE_TIMEOUT)).build().into()
 }
 
-/// A node's answer: its status and JSON body, or why there was none.
-type Answer = Result<(u16, serde_json::Value), String>;
-
-fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let mut response = response.map_err(|e| e.to_string())?;
+/// A node's answer parsed as `T`, or why there is none: the node's refusal
+/// with its status and message, or why it could not be reached.
+fn answer<T: DeserializeOwned>(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<T, String> {
+    let mut response = response.map_err(|e| format!("unreachable: {e}"))?;
     let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    Ok((status, json))
+    let text = response.body_mut().read_to_string().map_err(|e| format!("unreadable answer: {e}"))?;
+    if status != 200 {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|body| body["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return Err(format!("refused ({status}): {message}"));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("unexpected answer ({e}): {text}"))
 }
 
 fn admin(node: &str, path: &str) -> String {
     format!("{}/admin/v1/{path}", node.trim_end_matches('/'))
 }
 
-/// The message of a refusal.
-fn reason(status: u16, body: &serde_json::Value) -> String {
-    let message = body["error"].as_str().map_or_else(|| body.to_string(), str::to_owned);
-    format!("refused ({status}): {message}")
+/// Prints one line per node and a summary; fails if any node did.
+fn report(results: Vec<(String, Result<String, String>)>) -> Result<(), Failure> {
+    let nodes = results.len();
+    let mut failed = 0;
+    for (node, result) in results {
+        match result {
+            Ok(line) => println!("{node}: {line}"),
+            Err(problem) => {
+                failed += 1;
+                println!("{node}: {problem}");
+            }
+        }
+    }
+    if failed == 0 {
+        println!("{nodes} of {nodes} nodes succeeded");
+        Ok(())
+    } else {
+        Err(Failure::Guest(format!("{failed} of {nodes} nodes failed")))
+    }
 }
 
 pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
@@ -101,7 +124,7 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     let agent = agent();
     let query = if args.no_activate { "?activate=false" } else { "" };
     let path = format!("tenants/{}/deployments{query}", args.tenant);
-    let answers: Vec<(String, Answer)> = std::thread::scope(|scope| {
+    let results = std::thread::scope(|scope| {
         let sends: Vec<_> = args
             .nodes
             .nodes
@@ -118,138 +141,95 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
                         .header("authorization", format!("Bearer {token}"))
                         .header("content-type", "application/octet-stream")
                         .send(ureq::SendBody::from_reader(&mut body));
-                    let answer = answer(sent);
-                    bar.finish_with_message(match &answer {
-                        Ok((200, _)) => "done",
-                        _ => "failed",
+                    let outcome = answer::<Outcome>(sent).map(|o| {
+                        let state = if o.active { "active" } else { "stored" };
+                        let modules = count(o.modules.len(), "module");
+                        format!(
+                            "{} {} {state} ({modules}, {} from the compiled-code cache)",
+                            o.deployment, o.version, o.cache_hits
+                        )
                     });
-                    (node.clone(), answer)
+                    bar.finish_with_message(if outcome.is_ok() { "done" } else { "failed" });
+                    (node.clone(), outcome)
                 })
             })
             .collect();
         sends.into_iter().map(|send| send.join().unwrap_or_else(|_| (String::new(), Err("panicked".into())))).collect()
     });
-    let mut failed = 0;
-    for (node, answer) in answers {
-        match answer {
-            Ok((200, body)) => {
-                let state = if body["active"] == true { "active" } else { "stored" };
-                println!(
-                    "{node}: {} {} {state} ({}, {} from the compiled-code cache)",
-                    body["deployment"].as_str().unwrap_or("?"),
-                    body["version"].as_str().unwrap_or("?"),
-                    count(body["modules"].as_array().map_or(0, Vec::len), "module"),
-                    body["cache_hits"]
-                );
-            }
-            Ok((status, body)) => {
-                failed += 1;
-                println!("{node}: {}", reason(status, &body));
-            }
-            Err(e) => {
-                failed += 1;
-                println!("{node}: unreachable: {e}");
-            }
-        }
-    }
-    summary(args.nodes.nodes.len(), failed)
-}
-
-fn summary(nodes: usize, failed: usize) -> Result<(), Failure> {
-    if failed == 0 {
-        println!("{nodes} of {nodes} nodes succeeded");
-        Ok(())
-    } else {
-        Err(Failure::Guest(format!("{failed} of {nodes} nodes failed")))
-    }
+    report(results)
 }
 
 pub fn status(args: StatusArgs) -> Result<(), Failure> {
     let agent = agent();
-    let mut failed = 0;
-    for node in &args.nodes.nodes {
-        let sent =
-            agent.get(admin(node, "deployments")).header("authorization", format!("Bearer {}", args.nodes.token));
-        match answer(sent.call()) {
-            Ok((200, body)) => {
-                println!("{node}:");
-                let deployments = body.as_array().cloned().unwrap_or_default();
-                if deployments.is_empty() {
-                    println!("  no deployments");
-                }
-                for d in deployments {
-                    let versions: Vec<&str> =
-                        d["versions"].as_array().into_iter().flatten().filter_map(|v| v["version"].as_str()).collect();
-                    println!(
-                        "  {}/{}  active {}  versions {}",
-                        d["tenant"].as_str().unwrap_or("?"),
-                        d["name"].as_str().unwrap_or("?"),
-                        d["active"].as_str().unwrap_or("none"),
+    let bearer = format!("Bearer {}", args.nodes.token);
+    let results = args
+        .nodes
+        .nodes
+        .iter()
+        .map(|node| {
+            let listed = answer::<Vec<Deployment>>(
+                agent.get(admin(node, "deployments")).header("authorization", &bearer).call(),
+            );
+            let lines = listed.map(|deployments| {
+                let mut lines = String::new();
+                for d in &deployments {
+                    let versions: Vec<&str> = d.versions.iter().map(|v| v.version.as_str()).collect();
+                    let active = d.active.as_deref().unwrap_or("none");
+                    lines.push_str(&format!(
+                        "\n  {}/{}  active {active}  versions {}",
+                        d.tenant,
+                        d.name,
                         versions.join(", ")
-                    );
+                    ));
                 }
-            }
-            Ok((status, body)) => {
-                failed += 1;
-                println!("{node}: {}", reason(status, &body));
-            }
-            Err(e) => {
-                failed += 1;
-                println!("{node}: unreachable: {e}");
-            }
-        }
-    }
-    if failed == 0 { Ok(()) } else { Err(Failure::Guest(format!("{failed} nodes did not answer"))) }
+                if deployments.is_empty() { "no deployments".to_owned() } else { lines }
+            });
+            (node.clone(), lines)
+        })
+        .collect();
+    report(results)
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
     let agent = agent();
     let bearer = format!("Bearer {}", args.nodes.token);
-    let mut failed = 0;
-    for node in &args.nodes.nodes {
-        let version = match &args.version {
-            Some(version) => Ok(version.clone()),
-            None => previous_version(&agent, node, &bearer, &args.tenant, &args.deployment),
-        };
-        let outcome = version.and_then(|version| {
-            let path = format!("tenants/{}/deployments/{}/activate", args.tenant, args.deployment);
-            let sent = agent
-                .post(admin(node, &path))
-                .header("authorization", &bearer)
-                .send_json(serde_json::json!({ "version": version }));
-            match answer(sent)? {
-                (200, _) => Ok(version),
-                (status, body) => Err(reason(status, &body)),
-            }
-        });
-        match outcome {
-            Ok(version) => println!("{node}: {}/{} {version} active", args.tenant, args.deployment),
-            Err(e) => {
-                failed += 1;
-                println!("{node}: {e}");
-            }
-        }
-    }
-    summary(args.nodes.nodes.len(), failed)
+    let results = args
+        .nodes
+        .nodes
+        .iter()
+        .map(|node| {
+            let version = match &args.version {
+                Some(version) => Ok(version.clone()),
+                None => previous_version(&agent, node, &bearer, &args.tenant, &args.deployment),
+            };
+            let outcome = version.and_then(|version| {
+                let path = format!("tenants/{}/deployments/{}/activate", args.tenant, args.deployment);
+                let sent = agent
+                    .post(admin(node, &path))
+                    .header("authorization", &bearer)
+                    .send_json(serde_json::json!({ "version": version }));
+                answer::<Outcome>(sent).map(|o| format!("{}/{} {} active", o.tenant, o.deployment, o.version))
+            });
+            (node.clone(), outcome)
+        })
+        .collect();
+    report(results)
 }
 
 /// The version stored just before the active one of a deployment.
 fn previous_version(agent: &ureq::Agent, node: &str, bearer: &str, tenant: &str, name: &str) -> Result<String, String> {
-    let (status, body) = answer(agent.get(admin(node, "deployments")).header("authorization", bearer).call())?;
-    if status != 200 {
-        return Err(reason(status, &body));
-    }
-    let deployment = body
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["tenant"] == tenant && d["name"] == name)
+    let deployments =
+        answer::<Vec<Deployment>>(agent.get(admin(node, "deployments")).header("authorization", bearer).call())?;
+    let deployment = deployments
+        .iter()
+        .find(|d| d.tenant == tenant && d.name == name)
         .ok_or_else(|| format!("tenant `{tenant}` has no deployment `{name}`"))?;
-    let versions: Vec<&str> =
-        deployment["versions"].as_array().into_iter().flatten().filter_map(|v| v["version"].as_str()).collect();
-    let active = deployment["active"].as_str();
-    let at = versions.iter().position(|v| Some(*v) == active).ok_or("the deployment has no active version")?;
-    at.checked_sub(1)
-        .map(|before| versions[before].to_owned())
-        .ok_or_else(|| format!("{} is the first version: there is nothing to roll back to", versions[at]))
+    let at = deployment
+        .versions
+        .iter()
+        .position(|v| deployment.active.as_deref() == Some(v.version.as_str()))
+        .ok_or("the deployment has no active version")?;
+    at.checked_sub(1).map(|before| deployment.versions[before].version.clone()).ok_or_else(|| {
+        format!("{} is the first version: there is nothing to roll back to", deployment.versions[at].version)
+    })
 }
