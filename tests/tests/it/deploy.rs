@@ -140,6 +140,17 @@ fn deploy_a_new_version_then_roll_back_with_the_cli_alone_and_restart_into_it() 
         String::from_utf8_lossy(&denied.stdout)
     );
     assert_eq!(greeting(&node), "version 1");
+
+    // Deleting the deployment stops serving it.
+    let deleted = node.send("DELETE", "/admin/v1/tenants/acme/deployments/greeter", Some(OPERATOR_TOKEN), b"");
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(node.post("/t/acme/greet", Some(TENANT_KEY), b"").status, 404);
+    let status = mantle(&["status", "--node", node.base(), "--token", OPERATOR_TOKEN]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("no deployments"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 }
 
 #[test]
