@@ -11,6 +11,7 @@ use crate::node::{Deployed, HeldModel, Node, Tenant, compare_versions, module_gr
 use crate::runtime::{GuestModule, ModuleSpec, SetupError};
 use crate::store::{Deployment, Store, StoreError};
 use ed25519_dalek::VerifyingKey;
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -233,15 +234,19 @@ impl Deployments {
         }
         drop(active);
 
-        let mut held = Vec::new();
-        for model in &manifest.models {
-            let loaded = self.model(model.name.as_str(), model.sha256, &model.pin, bundle.file(&model.file))?;
-            held.push(Arc::new(HeldModel {
-                name: model.name.to_string(),
-                version: model.version.to_string(),
-                model: loaded,
-            }));
-        }
+        // Models load side by side, each optimizing on one core.
+        let held = manifest
+            .models
+            .par_iter()
+            .map(|model| {
+                let loaded = self.model(model.name.as_str(), model.sha256, &model.pin, bundle.file(&model.file))?;
+                Ok(Arc::new(HeldModel {
+                    name: model.name.to_string(),
+                    version: model.version.to_string(),
+                    model: loaded,
+                }))
+            })
+            .collect::<Result<Vec<_>, DeployError>>()?;
         let mut modules = Vec::new();
         let mut cache_hits = 0;
         for module in &manifest.modules {
