@@ -12,12 +12,15 @@ ratios within one report, not across reports.
 Measured so far:
   1. raw model time: tract in process (mantle-bench) against onnxruntime
      with one and with two threads, interleaved round by round;
-  2. cold start: from `mantle serve` starting to all three examples having
+  2. host overhead: a no-op guest over HTTP beside the node's /healthz, and
+     a fresh no-op instance per call in process;
+  3. cold start: from `mantle serve` starting to all three examples having
      answered, with an empty compiled-code cache and with a warm one.
 """
 
 import argparse
 import datetime
+import hashlib
 import http.client
 import json
 import os
@@ -72,7 +75,7 @@ def percentile(values, p):
 def model_times(binaries, python, runs, rounds):
     """Samples per (runner, model), the runners taking turns each round."""
     runners = {
-        "tract (mantle)": [str(binaries / "mantle-bench"), "models", str(runs)],
+        "tract (mantle)": [str(binaries / "mantle-bench"), "models", "models", str(runs)],
         "onnxruntime, 1 thread": [str(python), "bench/ort_time.py", "models", str(runs), "1"],
         "onnxruntime, 2 threads": [str(python), "bench/ort_time.py", "models", str(runs), "2"],
     }
@@ -98,6 +101,49 @@ def post(port, path, body):
     response = connection.getresponse()
     response.read()
     return response.status
+
+
+def wait_for_banner(node):
+    """The node's address, from the line it prints once it listens."""
+    for line in node.stdout:
+        if line.startswith("mantle listening on "):
+            return line.split()[3]
+    raise RuntimeError("the node stopped before it listened")
+
+
+def host_overhead(binaries, runs):
+    """Microseconds per request: the no-op guest over HTTP and /healthz from
+    one keep-alive client, and a fresh no-op instance per call in process."""
+    noop = ROOT / "target" / "guests" / "wasm32-wasip2" / "release" / "noop.wasm"
+    key = "bench-key"
+    with tempfile.TemporaryDirectory(prefix="mantle-bench-") as scratch:
+        config = Path(scratch) / "node.toml"
+        config.write_text(
+            "[[tenant]]\n"
+            'id = "bench"\n'
+            f'key_sha256 = ["{hashlib.sha256(key.encode()).hexdigest()}"]\n'
+            "[[tenant.module]]\n"
+            'id = "noop"\n'
+            f"path = {json.dumps(str(noop))}\n"
+        )
+        node = subprocess.Popen(
+            [str(binaries / "mantle"), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
+             "--data-dir", str(Path(scratch) / "data")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            base = wait_for_banner(node)
+            command = [str(binaries / "mantle-bench"), "http", base, f"{base}/t/bench/noop", key, str(runs)]
+            over_http = json.loads(run(command, capture_output=True, text=True).stdout)
+        finally:
+            node.terminate()
+            node.wait(timeout=30)
+    command = [str(binaries / "mantle-bench"), "instantiate", str(runs)]
+    in_process = json.loads(run(command, capture_output=True, text=True).stdout)
+    return over_http, in_process["us"]
 
 
 def cold_start(binaries, data_dir):
@@ -150,6 +196,7 @@ def main():
     parser.add_argument("--runs", type=int, default=30, help="inferences per model per round (default: 30)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every runner, interleaved (default: 3)")
     parser.add_argument("--starts", type=int, default=5, help="warm-cache starts to time (default: 5)")
+    parser.add_argument("--requests", type=int, default=5000, help="no-op requests to time (default: 5000)")
     args = parser.parse_args()
 
     binaries = build(args.profile)
@@ -160,6 +207,8 @@ def main():
 
     print("raw model time", file=sys.stderr)
     runners, samples = model_times(binaries, python, args.runs, args.rounds)
+    print("host overhead", file=sys.stderr)
+    over_http, instantiate = host_overhead(binaries, args.requests)
     print("cold start", file=sys.stderr)
     data_dir = Path(tempfile.mkdtemp(prefix="mantle-bench-"))
     try:
@@ -196,6 +245,27 @@ def main():
             p50 = statistics.median(values)
             ratio = "" if runner.startswith("tract") else f"{tract / p50:.2f}×"
             lines.append(f"| {model} | {runner} | {p50:.2f} | {percentile(values, 99):.2f} | {ratio} |")
+    lines += [
+        "",
+        "## Host overhead",
+        "",
+        f"{args.requests} timed requests after 100 to warm up, each row from one",
+        "client over one keep-alive connection (`mantle-bench`, Rust), concurrency 1.",
+        "Over HTTP the no-op guest's requests and `/healthz`, which no guest serves,",
+        "take turns, so the difference is what a guest adds to a request. In process,",
+        "each call makes a fresh instance of the no-op guest and calls its handler, as",
+        "the node does per request. Microseconds.",
+        "",
+        "| what | p50 | p99 |",
+        "| --- | --- | --- |",
+    ]
+    rows = [
+        ("no-op guest over HTTP", over_http["noop_us"]),
+        ("`/healthz` over HTTP (no guest)", over_http["healthz_us"]),
+        ("fresh no-op instance + call, in process", instantiate),
+    ]
+    for what, values in rows:
+        lines.append(f"| {what} | {statistics.median(values):.1f} | {percentile(values, 99):.1f} |")
     names = list(SAMPLES)
     lines += [
         "",
