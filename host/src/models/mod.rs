@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::GenericFactoid;
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,17 @@ pub struct OutputSpec {
     pub shape: Vec<Dim>,
 }
 
+/// One kind of operation's share of an inference, from [`Model::profile`].
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// tract's name for the operation, e.g. `Conv` or `OptMatMul`.
+    pub op: String,
+    /// Nodes of that kind run per inference.
+    pub nodes: usize,
+    /// Their time per inference.
+    pub time: std::time::Duration,
+}
+
 /// A loaded, optimized model, ready to run from any thread.
 pub struct Model {
     name: String,
@@ -122,11 +134,25 @@ impl Model {
             path: PathBuf::new(),
             message: format!("{stage}: {e:#}"),
         };
-        let inference = tract_onnx::onnx()
+        let mut inference = tract_onnx::onnx()
             .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| parse("parsing ONNX", e))?;
-        let typed = inference.into_typed().map_err(|e| parse("analysing types", e))?;
-        let typed = pin_dims(name, typed, &options.pinned_dims)?;
+        let mut pinned = options.pinned_dims.clone();
+        for used in name_anonymous_dims(&mut inference, &pinned).map_err(|e| parse("naming dynamic dimensions", e))? {
+            pinned.remove(&used);
+        }
+        let typed = match inference.clone().into_typed() {
+            Ok(typed) => pin_dims(name, typed, &pinned)?,
+            // Models whose shape arithmetic tract folds only once the input
+            // sizes are numbers (PP-OCR's recognizer): pin before typing.
+            // Not first, since `value_info` naming a pinned symbol would
+            // then disagree with the number.
+            Err(symbolic) if !pinned.is_empty() => {
+                pin_input_facts(&mut inference, &pinned).map_err(|e| parse("pinning dimensions", e))?;
+                inference.into_typed().map_err(|e| parse("analysing types", symbolic.context(format!("{e:#}"))))?
+            }
+            Err(e) => return Err(parse("analysing types", e)),
+        };
         let inputs = describe_inputs(name, &typed)?;
         let outputs = typed
             .output_outlets()
@@ -145,6 +171,7 @@ impl Model {
                 })
             })
             .collect::<Result<_, LoadError>>()?;
+        let typed = channel_last(typed).map_err(|e| parse("moving convolutions channel-last", e))?;
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
         Ok(Model { name: name.to_owned(), plan, inputs, outputs })
@@ -233,16 +260,7 @@ impl Model {
     /// Runs the model. Blocks for the duration of the inference: call it
     /// through [`InferencePool::run`], never on an async executor thread.
     pub fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, RunError> {
-        self.check_inputs(&inputs)?;
-        let mut by_name: HashMap<String, HostTensor> = inputs.into_iter().collect();
-        let mut ordered: TVec<TValue> = TVec::with_capacity(self.inputs.len());
-        for spec in &self.inputs {
-            // check_inputs guarantees presence.
-            let Some(tensor) = by_name.remove(&spec.name) else {
-                return Err(RunError::InvalidInput(format!("input `{}` is missing", spec.name)));
-            };
-            ordered.push(tensor.into_tract().map_err(RunError::InvalidInput)?.into_tvalue());
-        }
+        let ordered = self.ordered_inputs(inputs)?;
         let failed = |message: String| RunError::Failed { model: self.name.clone(), message };
         let outputs = self.plan.run(ordered).map_err(|e| failed(format!("{e:#}")))?;
         self.outputs
@@ -256,9 +274,140 @@ impl Model {
             .collect()
     }
 
+    /// Runs the model `runs` times on `inputs` and sums the time each kind
+    /// of operation took, longest first: where an inference spends its
+    /// time, for the benchmark report and for operators tuning a model.
+    pub fn profile(&self, inputs: Vec<(String, HostTensor)>, runs: usize) -> Result<Vec<OpTime>, RunError> {
+        let ordered = self.ordered_inputs(inputs)?;
+        let failed = |e: TractError| RunError::Failed { model: self.name.clone(), message: format!("{e:#}") };
+        let mut state = TypedSimpleState::new(&self.plan).map_err(failed)?;
+        let mut by_op: HashMap<String, OpTime> = HashMap::new();
+        for _ in 0..runs {
+            state
+                .run_plan_with_eval(ordered.clone(), |context, op_state, node, inputs| {
+                    let started = std::time::Instant::now();
+                    let outputs = tract_onnx::tract_core::plan::eval(context, op_state, node, inputs);
+                    let op = node.op().name();
+                    let entry = by_op.entry(op.to_string()).or_insert_with(|| OpTime {
+                        op: op.to_string(),
+                        nodes: 0,
+                        time: std::time::Duration::ZERO,
+                    });
+                    entry.nodes += 1;
+                    entry.time += started.elapsed();
+                    outputs
+                })
+                .map_err(failed)?;
+        }
+        let mut ops: Vec<OpTime> = by_op
+            .into_values()
+            .map(|op| OpTime { nodes: op.nodes / runs.max(1), time: op.time / runs.max(1) as u32, ..op })
+            .collect();
+        ops.sort_by_key(|op| std::cmp::Reverse(op.time));
+        Ok(ops)
+    }
+
+    /// The inputs in the order the plan takes them, as tract values.
+    fn ordered_inputs(&self, inputs: Vec<(String, HostTensor)>) -> Result<TVec<TValue>, RunError> {
+        self.check_inputs(&inputs)?;
+        let mut by_name: HashMap<String, HostTensor> = inputs.into_iter().collect();
+        let mut ordered: TVec<TValue> = TVec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            // check_inputs guarantees presence.
+            let Some(tensor) = by_name.remove(&spec.name) else {
+                return Err(RunError::InvalidInput(format!("input `{}` is missing", spec.name)));
+            };
+            ordered.push(tensor.into_tract().map_err(RunError::InvalidInput)?.into_tvalue());
+        }
+        Ok(ordered)
+    }
+
     fn input_names(&self) -> String {
         let names: Vec<String> = self.inputs.iter().map(|s| format!("`{}`", s.name)).collect();
         names.join(", ")
+    }
+}
+
+/// Runs convolutions channel-last (NHWC), with tract's own `conv_nhwc`
+/// rewrite. ONNX convolutions are channel-first, where tract's depthwise
+/// kernel walks one channel's plane at a time and a pointwise convolution
+/// needs its input repacked; channel-last, both become loops over
+/// contiguous channels. On EfficientNet-Lite0 this takes an inference from
+/// about 46 to 29 ms (docs/PERF-LOG.md); models without convolutions are
+/// unchanged.
+fn channel_last(mut model: TypedModel) -> TractResult<TypedModel> {
+    let rewrite = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
+        .ok_or_else(|| anyhow::anyhow!("this tract has no `conv_nhwc` transform"))?;
+    rewrite.transform(&mut model)?;
+    Ok(model)
+}
+
+/// Gives each input dimension the model leaves unnamed (`?`, as some
+/// exporters write a free height or width) the name `<input>_<axis>`:
+/// tract types a model only when every input dimension is a number or a
+/// symbol. A pin of that name fixes the dimension here, since no
+/// `value_info` can disagree with it; the others become symbols. Returns
+/// the pins used.
+fn name_anonymous_dims(model: &mut InferenceModel, pinned: &BTreeMap<String, usize>) -> TractResult<Vec<String>> {
+    let mut used = Vec::new();
+    for ix in 0..model.inputs.len() {
+        let mut fact = model.input_fact(ix)?.clone();
+        if fact.shape.is_open() {
+            continue;
+        }
+        let input = model.node(model.inputs[ix].node).name.clone();
+        let anonymous: Vec<usize> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, GenericFactoid::Any))
+            .map(|(axis, _)| axis)
+            .collect();
+        if anonymous.is_empty() {
+            continue;
+        }
+        for axis in anonymous {
+            let name = format!("{input}_{axis}");
+            let dim = match pinned.get(&name) {
+                Some(&size) => {
+                    used.push(name);
+                    TDim::Val(i64::try_from(size)?)
+                }
+                None => model.symbols.new_with_prefix(&name).into(),
+            };
+            fact.shape.set_dim(axis, dim);
+        }
+        model.set_input_fact(ix, fact)?;
+    }
+    Ok(used)
+}
+
+/// Fixes the pinned named dimensions in the input facts, before typing.
+fn pin_input_facts(model: &mut InferenceModel, pinned: &BTreeMap<String, usize>) -> TractResult<()> {
+    let mut unused: Vec<&String> = pinned.keys().collect();
+    for ix in 0..model.inputs.len() {
+        let mut fact = model.input_fact(ix)?.clone();
+        let named: Vec<(usize, String)> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .filter_map(|(axis, d)| match d {
+                GenericFactoid::Only(TDim::Sym(symbol)) => Some((axis, symbol.to_string())),
+                _ => None,
+            })
+            .filter(|(_, name)| pinned.contains_key(name))
+            .collect();
+        for (axis, name) in &named {
+            unused.retain(|pin| *pin != name);
+            fact.shape.set_dim(*axis, TDim::Val(i64::try_from(pinned[name])?));
+        }
+        if !named.is_empty() {
+            model.set_input_fact(ix, fact)?;
+        }
+    }
+    match unused.first() {
+        Some(name) => Err(anyhow::anyhow!("no input has a dimension named `{name}`")),
+        None => Ok(()),
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod deploy;
 mod image_classify;
 mod isolation;
+mod ocr;
 mod serve;
 mod speech_detect;
 mod tensor_types;
