@@ -6,19 +6,17 @@ use image::imageops::{self, FilterType};
 use image::{ImageFormat, RgbImage};
 use mantle_guest::{Error, Model, Request, Response, Tensor};
 use serde::Serialize;
-use std::collections::HashMap;
 
 const MODEL: &str = "efficientnet-lite0";
 const RESIZE_TO: u32 = 256;
 const CROP: u32 = 224;
 const TOP_K: usize = 5;
-/// ImageNet-1k class names by index, as shipped with the model.
-const LABELS: &str = include_str!("../../../../models/efficientnet-lite0/labels.json");
+include!(concat!(env!("OUT_DIR"), "/labels.rs"));
 
 #[derive(Serialize)]
 struct Class {
     index: usize,
-    label: String,
+    label: &'static str,
     score: f32,
 }
 
@@ -32,19 +30,12 @@ fn handle(request: Request) -> Result<Response, Error> {
     let input = to_input(&center_crop(&image));
     let outputs = Model::load(MODEL)?.run([("input", Tensor::from_slice(&[1, 3, CROP, CROP], &input))])?;
     let probabilities = softmax(&outputs.get("logits")?.to_vec::<f32>()?);
-
-    let labels: HashMap<usize, String> =
-        serde_json::from_str(LABELS).map_err(|e| Error::internal(format!("the bundled label list is corrupt: {e}")))?;
     let mut ranked: Vec<(usize, f32)> = probabilities.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let top = ranked
         .into_iter()
         .take(TOP_K)
-        .map(|(index, score)| Class {
-            index,
-            label: labels.get(&index).map_or("", |l| short_label(l)).to_owned(),
-            score,
-        })
+        .map(|(index, score)| Class { index, label: LABELS.get(index).copied().unwrap_or(""), score })
         .collect();
     Response::json(&Answer { top })
 }
@@ -101,11 +92,6 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
     let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// "tiger cat" from "tiger cat", "tabby" from "tabby, tabby cat".
-fn short_label(label: &str) -> &str {
-    label.split(',').next().unwrap_or(label).trim()
 }
 
 mantle_guest::handler!(handle);
