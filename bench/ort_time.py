@@ -1,9 +1,9 @@
-"""Times each example model with onnxruntime, as bench/run.py asks.
+"""Times each benchmarked model with onnxruntime, as bench/run.py asks.
 
-Usage: ort_time.py MODELS_DIR RUNS THREADS
+Usage: ort_time.py MODELS_DIR SHAPES_JSON RUNS THREADS
 
-Inputs follow mantle-bench: batch 1, sequences of 32, zeros, and a sample
-rate of 16 kHz where a model takes one. Prints JSON: {model: {"ms": [...]}}.
+Inputs are zeros of the shapes in SHAPES_JSON (bench/models.json), which
+mantle-bench reads too. Prints JSON: {model: {"ms": [...]}}.
 """
 
 import json
@@ -14,31 +14,23 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-MODELS = ["efficientnet-lite0", "minilm-l6", "silero-vad"]
 TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-SEQUENCE = 32
 
 
-def inputs(session):
-    feed = {}
-    for spec in session.get_inputs():
-        shape = [d if isinstance(d, int) else (1 if "batch" in str(d) or d == "N" else SEQUENCE) for d in spec.shape]
-        value = np.zeros(shape, dtype=TYPES[spec.type])
-        if spec.name == "sr":
-            value = np.array(16000, dtype=np.int64).reshape(shape)
-        feed[spec.name] = value
-    return feed
+def inputs(session, shapes):
+    return {spec.name: np.zeros(shapes[spec.name], dtype=TYPES[spec.type]) for spec in session.get_inputs()}
 
 
 def main():
-    models_dir, runs, threads = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    models_dir, runs, threads = Path(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4])
+    benched = json.loads(Path(sys.argv[2]).read_text())
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     report = {}
-    for model in MODELS:
+    for model, spec in benched.items():
         session = ort.InferenceSession(str(models_dir / model / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        feed = inputs(session)
+        feed = inputs(session, spec["inputs"])
         session.run(None, feed)
         times = []
         for _ in range(runs):

@@ -14,7 +14,10 @@ Measured so far:
      with one and with two threads, interleaved round by round;
   2. host overhead: a no-op guest over HTTP beside the node's /healthz, and
      a fresh no-op instance per call in process;
-  3. cold start: from `mantle serve` starting to all three examples having
+  3. serving: image-classify under load from oha at concurrency 1 to 16,
+     against a FastAPI + Pillow + onnxruntime server of the same pipeline,
+     and the memory of both, idle and at peak;
+  4. cold start: from `mantle serve` starting to all three examples having
      answered, with an empty compiled-code cache and with a warm one.
 """
 
@@ -35,7 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ["efficientnet-lite0", "minilm-l6", "silero-vad"]
+SHAPES = ROOT / "bench" / "models.json"
+OHA_VERSION = "1.16.0"
+MODELS = list(json.loads(SHAPES.read_text()))
 SAMPLES = {
     "image-classify": "models/samples/chelsea.png",
     "text-embed": None,
@@ -75,9 +80,9 @@ def percentile(values, p):
 def model_times(binaries, python, runs, rounds):
     """Samples per (runner, model), the runners taking turns each round."""
     runners = {
-        "tract (mantle)": [str(binaries / "mantle-bench"), "models", "models", str(runs)],
-        "onnxruntime, 1 thread": [str(python), "bench/ort_time.py", "models", str(runs), "1"],
-        "onnxruntime, 2 threads": [str(python), "bench/ort_time.py", "models", str(runs), "2"],
+        "tract (mantle)": [str(binaries / "mantle-bench"), "models", "models", str(SHAPES), str(runs)],
+        "onnxruntime, 1 thread": [str(python), "bench/ort_time.py", "models", str(SHAPES), str(runs), "1"],
+        "onnxruntime, 2 threads": [str(python), "bench/ort_time.py", "models", str(SHAPES), str(runs), "2"],
     }
     samples = {(runner, model): [] for runner in runners for model in MODELS}
     for round_ in range(rounds):
@@ -146,6 +151,113 @@ def host_overhead(binaries, runs):
     return over_http, in_process["us"]
 
 
+CONCURRENCY = [1, 2, 4, 8, 16]
+
+
+def oha():
+    """The load generator, installed once under target/ from crates.io."""
+    root = ROOT / "target" / "bench-tools"
+    binary = root / "bin" / "oha"
+    if not binary.exists():
+        run(["cargo", "install", "oha", "--version", OHA_VERSION, "--locked", "--root", str(root)])
+    return binary
+
+
+def load(oha_binary, url, body_path, concurrency, seconds):
+    """One oha run: requests/s, p50 and p99 in ms, and the non-200 count."""
+    command = [str(oha_binary), "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", str(concurrency),
+               "-m", "POST", "-D", str(body_path), url]
+    report = json.loads(run(command, capture_output=True, text=True).stdout)
+    statuses = report.get("statusCodeDistribution", {})
+    # oha cuts off the requests still in flight when its time is up.
+    errors = {e: n for e, n in report.get("errorDistribution", {}).items() if e != "aborted due to deadline"}
+    failed = sum(n for code, n in statuses.items() if code != "200") + sum(errors.values())
+    percentiles = report["latencyPercentiles"]
+    return {
+        "rps": report["summary"]["requestsPerSec"],
+        "p50": percentiles["p50"] * 1e3,
+        "p99": percentiles["p99"] * 1e3,
+        "failed": failed,
+    }
+
+
+def memory_kib(pids, field):
+    """The sum of a /proc/PID/status or smaps_rollup field over `pids`."""
+    total = 0
+    for pid in pids:
+        for name in ("status", "smaps_rollup"):
+            try:
+                for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def process_tree(pid):
+    """`pid` and its children (uvicorn's workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [pid] + [int(c) for c in children.read_text().split()]
+    except OSError:
+        return [pid]
+
+
+def wait_until_serving(port, path, body, started, limit=120):
+    while True:
+        try:
+            if post(port, path, body) == 200:
+                return
+        except OSError:
+            pass
+        if time.perf_counter() - started > limit:
+            raise RuntimeError(f"nothing answered 200 on port {port}{path} within {limit} s")
+        time.sleep(0.05)
+
+
+def serving(binaries, python, seconds):
+    """image-classify under load from oha at each concurrency: mantle, then
+    the FastAPI baseline with as many workers as mantle has inference
+    threads; and each server's memory, idle and at its peak."""
+    oha_binary = oha()
+    sample = ROOT / SAMPLES["image-classify"]
+    body = sample.read_bytes()
+    workers = os.cpu_count() or 1
+    servers = {
+        "mantle": (
+            [str(binaries / "mantle"), "serve", "--listen", "127.0.0.1:{port}", "--data-dir", "{scratch}"],
+            "/t/demo/image-classify",
+        ),
+        "FastAPI + onnxruntime": (
+            [str(python), "-m", "uvicorn", "--app-dir", "bench", "baseline_server:app", "--port", "{port}",
+             "--workers", str(workers), "--log-level", "warning"],
+            "/classify",
+        ),
+    }
+    results = {}
+    for name, (template, path) in servers.items():
+        port = free_port()
+        with tempfile.TemporaryDirectory(prefix="mantle-bench-") as scratch:
+            command = [part.format(port=port, scratch=scratch) for part in template]
+            print(f"  {name}", file=sys.stderr)
+            started = time.perf_counter()
+            server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until_serving(port, path, body, started)
+                time.sleep(1)
+                pids = process_tree(server.pid)
+                idle = {"rss": memory_kib(pids, "VmRSS"), "pss": memory_kib(pids, "Pss")}
+                load(oha_binary, f"http://127.0.0.1:{port}{path}", sample, max(CONCURRENCY), 2)  # warm-up
+                levels = {c: load(oha_binary, f"http://127.0.0.1:{port}{path}", sample, c, seconds) for c in CONCURRENCY}
+                peak = memory_kib(pids, "VmHWM")
+                results[name] = {"levels": levels, "idle": idle, "peak": peak, "processes": len(pids)}
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+    return results
+
+
 def cold_start(binaries, data_dir):
     """Seconds from spawning `mantle serve` to each example's first answer."""
     port = free_port()
@@ -197,6 +309,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every runner, interleaved (default: 3)")
     parser.add_argument("--starts", type=int, default=5, help="warm-cache starts to time (default: 5)")
     parser.add_argument("--requests", type=int, default=5000, help="no-op requests to time (default: 5000)")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds of load per concurrency (default: 10)")
     args = parser.parse_args()
 
     binaries = build(args.profile)
@@ -207,8 +320,13 @@ def main():
 
     print("raw model time", file=sys.stderr)
     runners, samples = model_times(binaries, python, args.runs, args.rounds)
+    print("operations", file=sys.stderr)
+    command = [str(binaries / "mantle-bench"), "ops", "models", str(SHAPES), str(args.runs)]
+    profiles = json.loads(run(command, capture_output=True, text=True).stdout)
     print("host overhead", file=sys.stderr)
     over_http, instantiate = host_overhead(binaries, args.requests)
+    print("serving", file=sys.stderr)
+    served = serving(binaries, python, args.seconds)
     print("cold start", file=sys.stderr)
     data_dir = Path(tempfile.mkdtemp(prefix="mantle-bench-"))
     try:
@@ -230,10 +348,12 @@ def main():
         "",
         "## Raw model time",
         "",
-        f"One inference, batch 1 (MiniLM: 32 tokens), zero inputs; {args.runs} timed runs per",
+        "One inference on zeros of the shapes in `bench/models.json` (batch 1; MiniLM 32 tokens;",
+        f"PP-OCR one 320×48 line); {args.runs} timed runs per",
         f"model after one warm-up, in {args.rounds} rounds that take turns between the runners.",
-        "tract runs each model as the node does: pinned as the examples pin it,",
-        "optimized once, on one thread. Milliseconds.",
+        "tract runs each model as the node does: pinned as the examples pin it",
+        "(PP-OCR, which no example uses, with every dimension pinned), optimized",
+        "once, on one thread. Milliseconds.",
         "",
         "| model | runner | p50 | p99 | tract ÷ this |",
         "| --- | --- | --- | --- | --- |",
@@ -245,6 +365,24 @@ def main():
             p50 = statistics.median(values)
             ratio = "" if runner.startswith("tract") else f"{tract / p50:.2f}×"
             lines.append(f"| {model} | {runner} | {p50:.2f} | {percentile(values, 99):.2f} | {ratio} |")
+    lines += [
+        "",
+        "### Where tract's time goes",
+        "",
+        "Per model, the kinds of operation in tract's optimized plan and their time per",
+        f"inference, summed over nodes, over {args.runs} profiled inferences (`mantle-bench ops`,",
+        "timing each node as it runs, so the total is a little above the p50 above).",
+        "Kinds under 2% of a model's time are left out. Milliseconds.",
+        "",
+        "| model | operation | nodes | ms | share |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for model in MODELS:
+        total = sum(op["ms"] for op in profiles[model])
+        lines.append(f"| {model} | all | {sum(op['nodes'] for op in profiles[model])} | {total:.2f} | 100% |")
+        for op in profiles[model]:
+            if op["ms"] >= 0.02 * total:
+                lines.append(f"| | `{op['op']}` | {op['nodes']} | {op['ms']:.2f} | {100 * op['ms'] / total:.0f}% |")
     lines += [
         "",
         "## Host overhead",
@@ -266,6 +404,49 @@ def main():
     ]
     for what, values in rows:
         lines.append(f"| {what} | {statistics.median(values):.1f} | {percentile(values, 99):.1f} |")
+    lines += [
+        "",
+        "## Serving image-classify",
+        "",
+        f"`oha` {OHA_VERSION} sends `{SAMPLES['image-classify']}` ({(ROOT / SAMPLES['image-classify']).stat().st_size} bytes) for",
+        f"{args.seconds} s at each concurrency, after a 2 s warm-up, over keep-alive connections.",
+        "mantle runs as `mantle serve` does with no configuration (the three",
+        "examples, one inference thread per core). The baseline is",
+        "`bench/baseline_server.py`: FastAPI on uvicorn, Pillow, onnxruntime, the",
+        f"same pipeline and answer, with {os.cpu_count()} uvicorn workers of one onnxruntime thread each,",
+        "so both use every core. Requests/s, and latency in milliseconds.",
+        "",
+        "| concurrency | " + " | ".join(f"{name} req/s | p50 | p99" for name in served) + " | req/s ratio |",
+        "| --- | " + " | ".join("--- | --- | ---" for _ in served) + " | --- |",
+    ]
+    mantle_levels = served["mantle"]["levels"]
+    baseline_levels = served["FastAPI + onnxruntime"]["levels"]
+    for c in CONCURRENCY:
+        cells = [f"{r['levels'][c]['rps']:.1f} | {r['levels'][c]['p50']:.1f} | {r['levels'][c]['p99']:.1f}" for r in served.values()]
+        ratio = mantle_levels[c]["rps"] / baseline_levels[c]["rps"]
+        lines.append(f"| {c} | " + " | ".join(cells) + f" | {ratio:.2f}× |")
+    failures = {name: sum(level["failed"] for level in r["levels"].values()) for name, r in served.items()}
+    best = {name: max(r["levels"].values(), key=lambda level: level["rps"]) for name, r in served.items()}
+    lines += [
+        "",
+        "Best throughput: " + "; ".join(f"{name} {b['rps']:.1f} req/s (p99 {b['p99']:.1f} ms)" for name, b in best.items()) + ".",
+        "Responses other than 200: " + ", ".join(f"{name} {n}" for name, n in failures.items()) + ".",
+        "",
+        "## Memory",
+        "",
+        "Of the same servers: resident memory once they answer (idle), and the",
+        "peak after the load above. For the baseline, a sum over uvicorn's",
+        "processes: its idle PSS counts pages the workers share once, while the",
+        "peak adds each process's own high-water mark. mantle holds all three",
+        "examples and their models; the baseline holds EfficientNet-Lite0 only. MiB.",
+        "",
+        "| server | processes | idle RSS | idle PSS | peak RSS |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, r in served.items():
+        lines.append(
+            f"| {name} | {r['processes']} | {r['idle']['rss'] / 1024:.0f} | {r['idle']['pss'] / 1024:.0f} | {r['peak'] / 1024:.0f} |"
+        )
     names = list(SAMPLES)
     lines += [
         "",

@@ -1,27 +1,26 @@
 //! `mantle-bench`: the measurements `bench/run.py` takes inside Rust, each
 //! printed as JSON for the harness to set beside the alternatives.
 //!
-//! - `models`: each example model in process, as the node runs it (tract,
-//!   pinned as the examples pin it, one thread);
+//! - `models`: each benchmarked model in process, as the node runs it
+//!   (tract, pinned as the examples pin it, one thread);
+//! - `ops`: where each model's inference time goes, by kind of operation;
 //! - `instantiate`: a fresh instance of the no-op guest per call, as the
 //!   node makes one per request;
 //! - `http`: requests over one keep-alive connection to a running node.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mantle::examples::{EXAMPLES, load_models};
-use mantle::models::{Dim, ElementType, HostTensor, Model};
+use mantle::examples::EXAMPLES;
+use mantle::models::{HostTensor, LoadOptions, Model};
 use mantle::runtime::{ModuleSpec, Request, Runtime, RuntimeConfig};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The no-op guest's component, built by build.rs.
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
-
-/// The length a free sequence dimension gets.
-const SEQUENCE: usize = 32;
 
 #[derive(Parser)]
 struct Cli {
@@ -31,8 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Measure {
-    /// Milliseconds per inference of each example model.
-    Models { models_dir: PathBuf, runs: usize },
+    /// Milliseconds per inference of each model in `shapes`
+    /// (`bench/models.json`), on zeros of the shapes it gives.
+    Models { models_dir: PathBuf, shapes: PathBuf, runs: usize },
+    /// Per model in `shapes`, the milliseconds each kind of operation takes
+    /// per inference.
+    Ops { models_dir: PathBuf, shapes: PathBuf, runs: usize },
     /// Microseconds to instantiate the no-op guest and call its handler.
     Instantiate { runs: usize },
     /// Microseconds per request: the no-op guest at `url`, and the node's
@@ -42,7 +45,8 @@ enum Measure {
 
 fn main() -> anyhow::Result<()> {
     let report = match Cli::parse().measure {
-        Measure::Models { models_dir, runs } => models(&models_dir, runs)?,
+        Measure::Models { models_dir, shapes, runs } => models(&models_dir, &shapes, runs)?,
+        Measure::Ops { models_dir, shapes, runs } => ops(&models_dir, &shapes, runs)?,
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs } => http(&node, &url, &key, runs)?,
     };
@@ -50,56 +54,75 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn models(models_dir: &std::path::Path, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let registry = load_models(models_dir)?;
+fn models(models_dir: &Path, shapes: &Path, runs: usize) -> anyhow::Result<serde_json::Value> {
     let mut report = serde_json::Map::new();
-    for example in &EXAMPLES {
-        let model = registry.get(example.model).with_context(|| format!("model {}", example.model))?;
-        let times = time_model(model, runs)?;
-        report.insert(example.model.to_owned(), serde_json::json!({ "ms": times }));
+    for (name, benched) in benched_models(shapes)? {
+        let (model, inputs) = load(models_dir, &name, &benched)?;
+        model.run(inputs.clone())?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let started = Instant::now();
+            model.run(inputs.clone())?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        report.insert(name, serde_json::json!({ "ms": times }));
     }
     Ok(serde_json::Value::Object(report))
 }
 
-/// Milliseconds of each of `runs` inferences, after one to warm up.
-fn time_model(model: &Model, runs: usize) -> anyhow::Result<Vec<f64>> {
-    let inputs = bench_inputs(model);
-    model.run(inputs.clone())?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let started = Instant::now();
+/// Per model, each kind of operation's milliseconds per inference, over
+/// `runs` inferences after one to warm up, longest first.
+fn ops(models_dir: &Path, shapes: &Path, runs: usize) -> anyhow::Result<serde_json::Value> {
+    let mut report = serde_json::Map::new();
+    for (name, benched) in benched_models(shapes)? {
+        let (model, inputs) = load(models_dir, &name, &benched)?;
         model.run(inputs.clone())?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
+        let ops = model.profile(inputs, runs)?;
+        let ops: Vec<_> = ops
+            .iter()
+            .map(|op| serde_json::json!({ "op": op.op, "nodes": op.nodes, "ms": op.time.as_secs_f64() * 1e3 }))
+            .collect();
+        report.insert(name, serde_json::Value::Array(ops));
     }
-    Ok(times)
+    Ok(serde_json::Value::Object(report))
 }
 
-/// Inputs of the model's declared shapes: batch 1, sequences of 32, zeros,
-/// and a sample rate of 16 kHz where a model takes one (`bench/ort_time.py`
-/// builds the same for onnxruntime).
-fn bench_inputs(model: &Model) -> Vec<(String, HostTensor)> {
-    model
+/// A model to time and its inputs' shapes, from `bench/models.json`, which
+/// `bench/ort_time.py` reads too.
+#[derive(serde::Deserialize)]
+struct BenchedModel {
+    /// Dimensions fixed at load, for a model no example prepares.
+    #[serde(default)]
+    pinned: BTreeMap<String, usize>,
+    inputs: BTreeMap<String, Vec<usize>>,
+}
+
+fn benched_models(shapes: &Path) -> anyhow::Result<BTreeMap<String, BenchedModel>> {
+    let text = std::fs::read_to_string(shapes).with_context(|| format!("reading {}", shapes.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", shapes.display()))
+}
+
+/// Loads a benchmarked model, prepared as the node prepares it when an
+/// example uses it, and zero inputs of the shapes `benched` gives.
+fn load(models_dir: &Path, name: &str, benched: &BenchedModel) -> anyhow::Result<(Model, Vec<(String, HostTensor)>)> {
+    let options = match EXAMPLES.iter().find(|example| example.model == name) {
+        Some(example) => example.load_options(),
+        None => LoadOptions { pinned_dims: benched.pinned.clone() },
+    };
+    let model = Model::load(name, &models_dir.join(name).join("model.onnx"), &options)?;
+    let inputs = model
         .inputs()
         .iter()
         .map(|input| {
-            let shape: Vec<usize> = input
-                .shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => *n,
-                    Dim::Symbol(s) if s.contains("batch") || s == "N" => 1,
-                    Dim::Symbol(_) => SEQUENCE,
-                })
-                .collect();
-            let elements: usize = shape.iter().product();
-            let size = input.element_type.size();
-            let mut data = vec![0u8; elements * size];
-            if input.name == "sr" && input.element_type == ElementType::I64 {
-                data.copy_from_slice(&16_000i64.to_le_bytes()[..elements * size]);
-            }
-            (input.name.clone(), HostTensor { element_type: input.element_type, shape, data })
+            let shape = benched
+                .inputs
+                .get(&input.name)
+                .with_context(|| format!("{name}: no shape for input `{}`", input.name))?;
+            let data = vec![0u8; shape.iter().product::<usize>() * input.element_type.size()];
+            Ok((input.name.clone(), HostTensor { element_type: input.element_type, shape: shape.clone(), data }))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((model, inputs))
 }
 
 /// Microseconds per request through a fresh no-op instance, in process: the
