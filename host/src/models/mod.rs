@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::GenericFactoid;
 
@@ -91,7 +92,7 @@ pub struct OpTime {
     /// Nodes of that kind run per inference.
     pub nodes: usize,
     /// Their time per inference.
-    pub time: std::time::Duration,
+    pub time: Duration,
 }
 
 /// A loaded, optimized model, ready to run from any thread.
@@ -171,7 +172,7 @@ impl Model {
                 })
             })
             .collect::<Result<_, LoadError>>()?;
-        let typed = channel_last(typed).map_err(|e| parse("moving convolutions channel-last", e))?;
+        let typed = channel_last(name, typed);
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
         Ok(Model { name: name.to_owned(), plan, inputs, outputs })
@@ -285,13 +286,13 @@ impl Model {
         for _ in 0..runs {
             state
                 .run_plan_with_eval(ordered.clone(), |context, op_state, node, inputs| {
-                    let started = std::time::Instant::now();
+                    let started = Instant::now();
                     let outputs = tract_onnx::tract_core::plan::eval(context, op_state, node, inputs);
                     let op = node.op().name();
                     let entry = by_op.entry(op.to_string()).or_insert_with(|| OpTime {
                         op: op.to_string(),
                         nodes: 0,
-                        time: std::time::Duration::ZERO,
+                        time: Duration::ZERO,
                     });
                     entry.nodes += 1;
                     entry.time += started.elapsed();
@@ -334,12 +335,20 @@ impl Model {
 /// needs its input repacked; channel-last, both become loops over
 /// contiguous channels. On EfficientNet-Lite0 this takes an inference from
 /// about 46 to 29 ms (docs/PERF-LOG.md); models without convolutions are
-/// unchanged.
-fn channel_last(mut model: TypedModel) -> TractResult<TypedModel> {
-    let rewrite = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
-        .ok_or_else(|| anyhow::anyhow!("this tract has no `conv_nhwc` transform"))?;
-    rewrite.transform(&mut model)?;
-    Ok(model)
+/// unchanged, and a model the rewrite fails on stays channel-first.
+fn channel_last(name: &str, model: TypedModel) -> TypedModel {
+    let rewrite = || -> TractResult<TypedModel> {
+        let mut rewritten = model.clone();
+        tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
+            .ok_or_else(|| anyhow::anyhow!("this tract has no `conv_nhwc` transform"))?
+            .transform(&mut rewritten)?;
+        Ok(rewritten)
+    };
+    // The rewrite is only a speed-up: a model it cannot take still runs.
+    rewrite().unwrap_or_else(|e| {
+        tracing::warn!(model = name, "running convolutions channel-first: {e:#}");
+        model
+    })
 }
 
 /// Gives each input dimension the model leaves unnamed (`?`, as some
