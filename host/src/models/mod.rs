@@ -4,6 +4,7 @@
 //! Nothing here knows about tenants, guests or HTTP: a [`Model`] takes named
 //! [`HostTensor`]s and returns named [`HostTensor`]s.
 
+mod depthwise;
 mod pool;
 mod tensor;
 
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::GenericFactoid;
@@ -101,7 +103,13 @@ pub struct Model {
     plan: Arc<TypedSimplePlan>,
     inputs: Vec<InputSpec>,
     outputs: Vec<OutputSpec>,
+    /// A moving average of its inferences' durations, in nanoseconds; zero
+    /// until it has run.
+    typical_run_nanos: AtomicU64,
 }
+
+/// Inferences that usually take less than this are [quick](Model::runs_quickly).
+const QUICK_RUN: Duration = Duration::from_millis(1);
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -175,7 +183,7 @@ impl Model {
         let typed = channel_last(name, typed);
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
-        Ok(Model { name: name.to_owned(), plan, inputs, outputs })
+        Ok(Model { name: name.to_owned(), plan, inputs, outputs, typical_run_nanos: AtomicU64::new(0) })
     }
 
     pub fn name(&self) -> &str {
@@ -263,7 +271,11 @@ impl Model {
     pub fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, RunError> {
         let ordered = self.ordered_inputs(inputs)?;
         let failed = |message: String| RunError::Failed { model: self.name.clone(), message };
-        let outputs = self.plan.run(ordered).map_err(|e| failed(format!("{e:#}")))?;
+        let started = Instant::now();
+        let outputs = self.plan.run(ordered);
+        leave_vector_registers_clean();
+        self.record_run_time(started.elapsed());
+        let outputs = outputs.map_err(|e| failed(format!("{e:#}")))?;
         self.outputs
             .iter()
             .zip(outputs)
@@ -273,6 +285,25 @@ impl Model {
                     .map_err(|m| failed(format!("output `{name}`: {m}")))
             })
             .collect()
+    }
+
+    /// Whether its inferences usually take well under a millisecond, so
+    /// that handing one to another thread would cost more than running it
+    /// (Silero VAD: 0.13 ms per frame against about 0.1 ms for the two
+    /// thread wake-ups of a hand-off). False until it has run once.
+    pub fn runs_quickly(&self) -> bool {
+        let typical = self.typical_run_nanos.load(Ordering::Relaxed);
+        typical != 0 && typical < QUICK_RUN.as_nanos() as u64
+    }
+
+    /// Folds one inference's duration into the moving average, a quarter
+    /// weight to the newest: one slow run on an unusual shape is enough to
+    /// stop a model counting as quick.
+    fn record_run_time(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let typical = self.typical_run_nanos.load(Ordering::Relaxed);
+        let average = if typical == 0 { took } else { typical / 4 * 3 + took / 4 };
+        self.typical_run_nanos.store(average.max(1), Ordering::Relaxed);
     }
 
     /// Runs the model `runs` times on `inputs` and sums the time each kind
@@ -345,10 +376,34 @@ fn channel_last(name: &str, model: TypedModel) -> TypedModel {
         Ok(rewritten)
     };
     // The rewrite is only a speed-up: a model it cannot take still runs.
-    rewrite().unwrap_or_else(|e| {
-        tracing::warn!(model = name, "running convolutions channel-first: {e:#}");
-        model
-    })
+    rewrite()
+        .inspect(|_| {
+            let kernel = depthwise::channel_last_kernel().unwrap_or("tract's scalar loop");
+            tracing::debug!(model = name, "convolutions channel-last; depthwise kernel: {kernel}");
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!(model = name, "running convolutions channel-first: {e:#}");
+            model
+        })
+}
+
+/// Clears the upper halves of the AVX registers after an inference.
+///
+/// Some of tract's assembly kernels return with them dirty. Until they are
+/// cleared, every SSE-encoded instruction on the thread pays a false
+/// dependency on them: the WebAssembly guests' code, which Cranelift emits
+/// in SSE, ran image resizing 20 times slower on a thread that had just run
+/// EfficientNet (docs/PERF-LOG.md). One instruction per inference.
+fn leave_vector_registers_clean() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        #[target_feature(enable = "avx")]
+        fn zero_upper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        // SAFETY: the CPU has AVX, checked above.
+        unsafe { zero_upper() }
+    }
 }
 
 /// Gives each input dimension the model leaves unnamed (`?`, as some

@@ -38,15 +38,7 @@ impl InferencePool {
     pub async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<R, PoolError> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.threads.spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(job)).map_err(|panic| {
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned())
-            });
-            // The waiter may have gone (its request hit the deadline): fine.
-            let _ = done.send(outcome);
+            let _ = done.send(catch_unwind(AssertUnwindSafe(job)).map_err(panic_message));
         });
         match result.await {
             Ok(Ok(value)) => Ok(value),
@@ -54,4 +46,19 @@ impl InferencePool {
             Err(_) => Err(PoolError::Panicked("the worker dropped the job".to_owned())),
         }
     }
+
+    /// Runs `job` on the calling thread, catching a panic as [`Self::run`]
+    /// does. Only for a job too short to be worth the two thread wake-ups
+    /// of a hand-off: it blocks the caller, which may be an executor thread.
+    pub fn run_here<R>(job: impl FnOnce() -> R) -> Result<R, PoolError> {
+        catch_unwind(AssertUnwindSafe(job)).map_err(|panic| PoolError::Panicked(panic_message(panic)))
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }

@@ -1,6 +1,7 @@
 //! The host side of `wasi:nn`: tensors, graphs and execution contexts as
 //! resources in the request's table, grant checks on `load-by-name`, and
-//! computation handed to the inference pool.
+//! computation handed to the inference pool (or, for a model whose
+//! inferences take well under a millisecond, run in place).
 //!
 //! A guest never names a file and never reaches a model it was not granted.
 
@@ -173,8 +174,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
         // Model::run checks names, types and shapes before computing.
         let started = Instant::now();
-        let job_model = Arc::clone(&model);
-        let outcome = self.ctx.pool.run(move || job_model.run(host_inputs)).await;
+        let outcome = if model.runs_quickly() {
+            InferencePool::run_here(|| model.run(host_inputs))
+        } else {
+            let job_model = Arc::clone(&model);
+            self.ctx.pool.run(move || job_model.run(host_inputs)).await
+        };
         self.ctx.inferences.push((Arc::clone(&model), started.elapsed()));
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,
