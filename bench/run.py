@@ -12,12 +12,14 @@ ratios within one report, not across reports.
 Measured so far:
   1. raw model time: tract in process (mantle-bench) against onnxruntime
      with one and with two threads, interleaved round by round;
-  2. host overhead: a no-op guest over HTTP beside the node's /healthz, and
+  2. the cost of the sandbox: each example as the node runs it, against
+     the same handler compiled natively and calling the same models;
+  3. host overhead: a no-op guest over HTTP beside the node's /healthz, and
      a fresh no-op instance per call in process;
-  3. serving: image-classify under load from oha at concurrency 1 to 16,
+  4. serving: image-classify under load from oha at concurrency 1 to 16,
      against a FastAPI + Pillow + onnxruntime server of the same pipeline,
      and the memory of both, idle and at peak;
-  4. cold start: from `mantle serve` starting to all three examples having
+  5. cold start: from `mantle serve` starting to all three examples having
      answered, with an empty compiled-code cache and with a warm one.
 """
 
@@ -47,6 +49,8 @@ SAMPLES = {
     "text-embed": None,
     "speech-detect": "models/samples/speech.wav",
 }
+# The body text-embed is sent, having no sample file.
+TEXT_SAMPLE = b"A cat sits on the mat"
 
 
 def run(command, **kwargs):
@@ -93,6 +97,21 @@ def model_times(binaries, python, runs, rounds):
             for model in MODELS:
                 samples[(runner, model)].extend(report[model]["ms"])
     return runners, samples
+
+
+def sandbox_cost(binaries, runs):
+    """Milliseconds per request of each example, in the sandbox and natively,
+    taking turns (`mantle-bench sandbox`)."""
+    with tempfile.TemporaryDirectory(prefix="mantle-bench-") as scratch:
+        bodies = []
+        for name, path in SAMPLES.items():
+            if path is None:
+                text = Path(scratch) / f"{name}.txt"
+                text.write_bytes(TEXT_SAMPLE)
+                path = text
+            bodies.append(f"{name}={ROOT / path}")
+        command = [str(binaries / "mantle-bench"), "sandbox", "models", str(runs), *bodies]
+        return json.loads(run(command, capture_output=True, text=True).stdout)
 
 
 def free_port():
@@ -278,7 +297,7 @@ def cold_start(binaries, data_dir):
     Each example has its own client, as separate users would, polling until
     it gets a 200, so that one example's answer does not wait on another's."""
     port = free_port()
-    bodies = {name: (ROOT / path).read_bytes() if path else b"A cat sits on the mat" for name, path in SAMPLES.items()}
+    bodies = {name: (ROOT / path).read_bytes() if path else TEXT_SAMPLE for name, path in SAMPLES.items()}
     started = time.perf_counter()
     node = subprocess.Popen(
         [str(binaries / "mantle"), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
@@ -347,6 +366,8 @@ def main():
     print("operations", file=sys.stderr)
     command = [str(binaries / "mantle-bench"), "ops", "models", str(SHAPES), str(args.runs)]
     profiles = json.loads(run(command, capture_output=True, text=True).stdout)
+    print("sandbox", file=sys.stderr)
+    sandboxed = sandbox_cost(binaries, args.runs)
     print("host overhead", file=sys.stderr)
     over_http, instantiate = host_overhead(binaries, args.requests)
     print("serving", file=sys.stderr)
@@ -408,6 +429,28 @@ def main():
         for op in profiles[model]:
             if op["ms"] >= 0.02 * total:
                 lines.append(f"| | `{op['op']}` | {op['nodes']} | {op['ms']:.2f} | {100 * op['ms'] / total:.0f}% |")
+    lines += [
+        "",
+        "## The cost of the sandbox",
+        "",
+        "Each example's handler, as the node runs it (compiled to WebAssembly, a fresh",
+        "instance per request, its model through `wasi:nn`), against the same Rust",
+        "handler compiled natively into `mantle-bench` and calling the same loaded models",
+        "directly (`mantle-guest`'s native backend). Both answer with the same bytes,",
+        "which the harness checks on every request. In process, no HTTP;",
+        f"{args.runs} requests each after 3 to warm up, taking turns. The bodies are",
+        "the serving and cold-start samples. Milliseconds.",
+        "",
+        "| example | sandbox p50 | p99 | native p50 | p99 | sandbox ÷ native |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, times in sandboxed.items():
+        inside, native = times["sandbox_ms"], times["native_ms"]
+        ratio = statistics.median(inside) / statistics.median(native)
+        lines.append(
+            f"| {name} | {statistics.median(inside):.1f} | {percentile(inside, 99):.1f} "
+            f"| {statistics.median(native):.1f} | {percentile(native, 99):.1f} | {ratio:.2f}× |"
+        )
     lines += [
         "",
         "## Host overhead",

@@ -4,6 +4,8 @@
 //! - `models`: each benchmarked model in process, as the node runs it
 //!   (tract, pinned as the examples pin it, one thread);
 //! - `ops`: where each model's inference time goes, by kind of operation;
+//! - `sandbox`: each example in the sandbox against the same handler
+//!   compiled natively;
 //! - `instantiate`: a fresh instance of the no-op guest per call, as the
 //!   node makes one per request;
 //! - `http`: requests over one keep-alive connection to a running node.
@@ -16,6 +18,8 @@ use mantle::runtime::{ModuleSpec, Request, Runtime, RuntimeConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+mod sandbox;
 
 /// The no-op guest's component, built by build.rs.
 mod guests {
@@ -36,6 +40,14 @@ enum Measure {
     /// Per model in `shapes`, the milliseconds each kind of operation takes
     /// per inference.
     Ops { models_dir: PathBuf, shapes: PathBuf, runs: usize },
+    /// Milliseconds per request of each example given as `NAME=BODY_FILE`:
+    /// in the sandbox, and its handler compiled natively, taking turns.
+    Sandbox {
+        models_dir: PathBuf,
+        runs: usize,
+        #[arg(required = true, value_parser = example_body)]
+        bodies: Vec<(String, PathBuf)>,
+    },
     /// Microseconds to instantiate the no-op guest and call its handler.
     Instantiate { runs: usize },
     /// Microseconds per request: the no-op guest at `url`, and the node's
@@ -47,11 +59,27 @@ fn main() -> anyhow::Result<()> {
     let report = match Cli::parse().measure {
         Measure::Models { models_dir, shapes, runs } => models(&models_dir, &shapes, runs)?,
         Measure::Ops { models_dir, shapes, runs } => ops(&models_dir, &shapes, runs)?,
+        Measure::Sandbox { models_dir, runs, bodies } => {
+            let bodies = bodies
+                .into_iter()
+                .map(|(name, path)| {
+                    let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    Ok((name, body))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            sandbox::measure(&models_dir, runs, &bodies)?
+        }
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs } => http(&node, &url, &key, runs)?,
     };
     println!("{report}");
     Ok(())
+}
+
+/// `NAME=PATH`, an example and the file its request body comes from.
+fn example_body(arg: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not NAME=BODY_FILE"))?;
+    Ok((name.to_owned(), PathBuf::from(path)))
 }
 
 fn models(models_dir: &Path, shapes: &Path, runs: usize) -> anyhow::Result<serde_json::Value> {

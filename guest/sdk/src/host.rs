@@ -1,32 +1,30 @@
 //! What the host tells the guest about the current request, and the node log.
 
-use crate::bindings::mantle::edge::context;
-
-pub use context::LogLevel;
+pub use crate::bindings::mantle::edge::context::LogLevel;
 
 /// The tenant this request is charged to.
 pub fn tenant_id() -> String {
-    context::tenant_id()
+    imp::tenant_id()
 }
 
 /// The module being run, as the operator named it.
 pub fn module_id() -> String {
-    context::module_id()
+    imp::module_id()
 }
 
 /// The unique id of this request, as it appears in the node's log.
 pub fn request_id() -> String {
-    context::request_id()
+    imp::request_id()
 }
 
 /// A configuration value the operator set for this module.
 pub fn config(key: &str) -> Option<String> {
-    context::config_get(key)
+    imp::config(key)
 }
 
 /// Writes one line to the node's log, tagged with tenant and module.
 pub fn log(level: LogLevel, message: &str) {
-    context::log(level, message)
+    imp::log(level, message)
 }
 
 /// [`log`] at `info` level.
@@ -37,4 +35,36 @@ pub fn info(message: &str) {
 /// [`log`] at `warn` level.
 pub fn warn(message: &str) {
     log(LogLevel::Warn, message)
+}
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    pub use crate::bindings::mantle::edge::context::{config_get as config, log, module_id, request_id, tenant_id};
+}
+
+/// A native build (see [`crate::native`]) has no node: it is one process
+/// running one guest, and its log is stderr.
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use super::LogLevel;
+
+    pub fn tenant_id() -> String {
+        "native".to_owned()
+    }
+
+    pub fn module_id() -> String {
+        "native".to_owned()
+    }
+
+    pub fn request_id() -> String {
+        "native".to_owned()
+    }
+
+    pub fn config(key: &str) -> Option<String> {
+        crate::native::backend().ok()?.config(key)
+    }
+
+    pub fn log(level: LogLevel, message: &str) {
+        eprintln!("{level:?}: {message}");
+    }
 }

@@ -33,26 +33,30 @@ pub mod bindings {
 
 pub mod host;
 mod http;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
 mod nn;
 
 pub use bindings::mantle::edge::types::{Error, Headers, Request, Response};
-pub use nn::{Element, InferenceError, Model, Outputs, Session, Tensor, TensorType};
+pub use nn::{Element, ErrorCode, InferenceError, Model, Outputs, Session, Tensor, TensorType};
 
 /// Exports `handle`, a `fn(Request) -> Result<Response, Error>`, as this
-/// component's handler.
+/// component's handler. A native build (see [`native`]) exports nothing:
+/// the program it is linked into calls the handler directly.
 #[macro_export]
 macro_rules! handler {
     ($handle:path) => {
-        struct MantleGuestHandler;
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct MantleGuestHandler;
 
-        impl $crate::bindings::exports::mantle::edge::handler::Guest for MantleGuestHandler {
-            fn handle(
-                request: $crate::Request,
-            ) -> ::core::result::Result<$crate::Response, $crate::Error> {
-                $handle(request)
+            impl $crate::bindings::exports::mantle::edge::handler::Guest for MantleGuestHandler {
+                fn handle(request: $crate::Request) -> ::core::result::Result<$crate::Response, $crate::Error> {
+                    $handle(request)
+                }
             }
-        }
 
-        $crate::bindings::export!(MantleGuestHandler with_types_in $crate::bindings);
+    $crate::bindings::export!(MantleGuestHandler with_types_in $crate::bindings);
+        };
     };
 }

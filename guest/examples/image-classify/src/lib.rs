@@ -25,7 +25,7 @@ struct Answer {
     top: Vec<Class>,
 }
 
-fn handle(request: Request) -> Result<Response, Error> {
+pub fn handle(request: Request) -> Result<Response, Error> {
     let image = decode(&request.body)?;
     let input = to_input(&center_crop(&image));
     let outputs = Model::load(MODEL)?.run([("input", Tensor::from_slice(&[1, 3, CROP, CROP], &input))])?;

@@ -36,7 +36,7 @@ struct Answer {
     segments: Vec<Segment>,
 }
 
-fn handle(request: Request) -> Result<Response, Error> {
+pub fn handle(request: Request) -> Result<Response, Error> {
     let settings = settings()?;
     let samples = decode(&request.body)?;
     let probabilities = speech_probabilities(&samples)?;

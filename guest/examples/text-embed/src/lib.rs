@@ -18,7 +18,7 @@ struct Answer {
     embedding: Vec<f32>,
 }
 
-fn handle(request: Request) -> Result<Response, Error> {
+pub fn handle(request: Request) -> Result<Response, Error> {
     let text = request.text()?;
     if text.trim().is_empty() {
         return Err(Error::invalid_input("the body is empty: send the text to embed as UTF-8"));

@@ -1,0 +1,182 @@
+//! What the sandbox costs: each example's handler run as the node runs it
+//! (compiled to WebAssembly, a fresh instance per request, models through
+//! `wasi:nn`) against the same handler compiled natively into this program,
+//! calling the same loaded models directly.
+
+use anyhow::Context;
+use mantle::examples::{EXAMPLES, load_models};
+use mantle::models::{ElementType, HostTensor, Model};
+use mantle::runtime::{Request, Runtime, RuntimeConfig};
+use mantle_guest::native::{Backend, Graph, Tensor};
+use mantle_guest::{ErrorCode, InferenceError, TensorType};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A native handler: the example's own `handle`, linked in.
+type Handler = fn(mantle_guest::Request) -> Result<mantle_guest::Response, mantle_guest::Error>;
+
+fn native_handler(example: &str) -> Option<Handler> {
+    match example {
+        "image-classify" => Some(image_classify::handle),
+        "speech-detect" => Some(speech_detect::handle),
+        "text-embed" => Some(text_embed::handle),
+        _ => None,
+    }
+}
+
+/// Per example named in `bodies`, milliseconds per request in the sandbox
+/// and natively, taking turns, after three of each to warm up. Fails if the
+/// two ever answer differently.
+pub fn measure(
+    models_dir: &Path,
+    runs: usize,
+    bodies: &BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<serde_json::Value> {
+    let registry = load_models(models_dir)?;
+    let models: BTreeMap<String, Arc<Model>> =
+        registry.names().filter_map(|name| Some((name.to_owned(), registry.get(name)?.clone()))).collect();
+    mantle_guest::native::install(Arc::new(NativeModels(models)));
+    let runtime = Runtime::new(&RuntimeConfig::default())?;
+    let executor = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let mut report = serde_json::Map::new();
+    for (name, body) in bodies {
+        let example = EXAMPLES
+            .iter()
+            .find(|example| example.name == name)
+            .with_context(|| format!("`{name}` is not a bundled example"))?;
+        let native = native_handler(name).with_context(|| format!("`{name}` has no native build here"))?;
+        let spec = example.spec(&registry).with_context(|| format!("{name}: its model is not loaded"))?;
+        let module = runtime.load_module(spec, example.wasm)?;
+        let request = Request {
+            method: "POST".to_owned(),
+            path: "/".to_owned(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: body.clone(),
+        };
+        let native_request = mantle_guest::Request {
+            method: request.method.clone(),
+            path: request.path.clone(),
+            query: request.query.clone(),
+            headers: Vec::new(),
+            body: body.clone(),
+        };
+        let (mut sandboxed_ms, mut native_ms) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for round in 0..runs + 3 {
+            let started = Instant::now();
+            let sandboxed = executor
+                .block_on(runtime.handle(&module, request.clone(), "bench"))
+                .with_context(|| format!("{name} in the sandbox"))?;
+            let sandboxed_time = started.elapsed();
+            let started = Instant::now();
+            let answer = native(native_request.clone()).map_err(|e| anyhow::anyhow!("{name} natively: {e:?}"))?;
+            let native_time = started.elapsed();
+            anyhow::ensure!(
+                (sandboxed.status, &sandboxed.body) == (answer.status, &answer.body),
+                "{name}: the sandbox answered {} {:?}, the native build {} {:?}",
+                sandboxed.status,
+                String::from_utf8_lossy(&sandboxed.body),
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
+            if round >= 3 {
+                sandboxed_ms.push(sandboxed_time.as_secs_f64() * 1e3);
+                native_ms.push(native_time.as_secs_f64() * 1e3);
+            }
+        }
+        report.insert(name.clone(), serde_json::json!({ "sandbox_ms": sandboxed_ms, "native_ms": native_ms }));
+    }
+    Ok(serde_json::Value::Object(report))
+}
+
+/// The loaded models, served to native guests by name.
+struct NativeModels(BTreeMap<String, Arc<Model>>);
+
+impl Backend for NativeModels {
+    fn load(&self, name: &str) -> Result<Arc<dyn Graph>, InferenceError> {
+        match self.0.get(name) {
+            Some(model) => Ok(Arc::new(NativeModel(model.clone()))),
+            None => Err(InferenceError { code: ErrorCode::NotFound, message: format!("no model `{name}`") }),
+        }
+    }
+}
+
+struct NativeModel(Arc<Model>);
+
+impl Graph for NativeModel {
+    fn compute(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        let invalid = |message: String| InferenceError { code: ErrorCode::InvalidArgument, message };
+        let inputs = inputs
+            .into_iter()
+            .map(|(name, tensor)| {
+                let (dimensions, ty, data) = tensor.into_parts();
+                let element_type =
+                    element_type(ty).ok_or_else(|| invalid(format!("{ty:?} tensors are not supported")))?;
+                let shape = dimensions.into_iter().map(|d| d as usize).collect();
+                Ok((name, HostTensor { element_type, shape, data }))
+            })
+            .collect::<Result<Vec<_>, InferenceError>>()?;
+        let outputs =
+            self.0.run(inputs).map_err(|e| InferenceError { code: ErrorCode::RuntimeError, message: e.to_string() })?;
+        outputs
+            .into_iter()
+            .map(|(name, tensor)| {
+                let dimensions = tensor
+                    .shape
+                    .iter()
+                    .map(|&d| u32::try_from(d).map_err(|_| invalid(format!("output `{name}` is too large"))))
+                    .collect::<Result<Vec<u32>, _>>()?;
+                Ok((name, Tensor::from_parts(dimensions, tensor_type(tensor.element_type), tensor.data)))
+            })
+            .collect()
+    }
+}
+
+fn element_type(ty: TensorType) -> Option<ElementType> {
+    Some(match ty {
+        TensorType::Fp16 => ElementType::F16,
+        TensorType::Fp32 => ElementType::F32,
+        TensorType::Fp64 => ElementType::F64,
+        TensorType::U8 => ElementType::U8,
+        TensorType::I32 => ElementType::I32,
+        TensorType::I64 => ElementType::I64,
+        TensorType::Bf16 => return None,
+    })
+}
+
+fn tensor_type(element_type: ElementType) -> TensorType {
+    match element_type {
+        ElementType::F16 => TensorType::Fp16,
+        ElementType::F32 => TensorType::Fp32,
+        ElementType::F64 => TensorType::Fp64,
+        ElementType::U8 => TensorType::U8,
+        ElementType::I32 => TensorType::I32,
+        ElementType::I64 => TensorType::I64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// Keeps the native build of the examples working: `measure` fails if
+    /// the two builds ever answer differently.
+    #[test]
+    fn each_example_answers_alike_in_the_sandbox_and_natively() -> anyhow::Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let models = root.join("models");
+        let bodies = BTreeMap::from([
+            ("image-classify".to_owned(), std::fs::read(models.join("samples/chelsea.png"))?),
+            ("speech-detect".to_owned(), std::fs::read(models.join("samples/speech.wav"))?),
+            ("text-embed".to_owned(), b"A cat sits on the mat".to_vec()),
+        ]);
+        let report = super::measure(&models, 1, &bodies)?;
+        for name in bodies.keys() {
+            assert_eq!(report[name]["native_ms"].as_array().map(Vec::len), Some(1), "{name}: {report}");
+        }
+        Ok(())
+    }
+}
