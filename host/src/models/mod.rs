@@ -267,7 +267,8 @@ impl Model {
     }
 
     /// Runs the model. Blocks for the duration of the inference: call it
-    /// through [`InferencePool::run`], never on an async executor thread.
+    /// through [`InferencePool::run`], or on an async executor thread only
+    /// when the model [runs quickly](Self::runs_quickly).
     pub fn run(&self, inputs: Vec<(String, HostTensor)>) -> Result<Vec<(String, HostTensor)>, RunError> {
         let ordered = self.ordered_inputs(inputs)?;
         let failed = |message: String| RunError::Failed { model: self.name.clone(), message };
