@@ -4,6 +4,7 @@
 //! Nothing here knows about tenants, guests or HTTP: a [`Model`] takes named
 //! [`HostTensor`]s and returns named [`HostTensor`]s.
 
+mod convolution;
 mod depthwise;
 mod pool;
 mod tensor;
@@ -181,6 +182,7 @@ impl Model {
             })
             .collect::<Result<_, LoadError>>()?;
         let typed = channel_last(name, typed);
+        let typed = own_convolutions(name, typed);
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
         Ok(Model { name: name.to_owned(), plan, inputs, outputs, typical_run_nanos: AtomicU64::new(0) })
@@ -386,6 +388,25 @@ fn channel_last(name: &str, model: TypedModel) -> TypedModel {
             tracing::warn!(model = name, "running convolutions channel-first: {e:#}");
             model
         })
+}
+
+/// Hands the convolutions this project's kernel computes better than
+/// tract ([`convolution`]) to it, on a decluttered copy of the model, where
+/// they have become plain matrix products. Like [`channel_last`], only a
+/// speed-up: a model the rewrite fails on runs as tract would run it.
+fn own_convolutions(name: &str, model: TypedModel) -> TypedModel {
+    let rewrite = || convolution::fuse(model.clone().into_decluttered()?);
+    match rewrite() {
+        // Either way, the decluttered copy is as good a start for the optimizer.
+        Ok((rewritten, fused)) => {
+            tracing::debug!(model = name, "{fused} convolutions on this project's kernel");
+            rewritten
+        }
+        Err(e) => {
+            tracing::warn!(model = name, "convolutions left to tract: {e:#}");
+            model
+        }
+    }
 }
 
 /// Clears the upper halves of the AVX registers after an inference.
