@@ -342,6 +342,10 @@ def machine():
         pass
     rustc = subprocess.run(["rustc", "-V"], capture_output=True, text=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # Figures taken from a tree with changes not yet committed say so.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if commit and dirty:
+        commit += " with uncommitted changes"
     return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; {rustc}; mantle at {commit or 'unknown'}"
 
 

@@ -2,7 +2,8 @@
 //! centre-crop 224×224, normalise, run `efficientnet-lite0`, and answer the
 //! five most likely ImageNet classes.
 
-use image::imageops::{self, FilterType};
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageFormat, RgbImage};
 use mantle_guest::{Error, Model, Request, Response, Tensor};
 use serde::Serialize;
@@ -27,7 +28,7 @@ struct Answer {
 
 pub fn handle(request: Request) -> Result<Response, Error> {
     let image = decode(&request.body)?;
-    let input = to_input(&center_crop(&image));
+    let input = to_input(&center_crop(&image)?);
     let outputs = Model::load(MODEL)?.run([("input", Tensor::from_slice(&[1, 3, CROP, CROP], &input))])?;
     let probabilities = softmax(&outputs.get("logits")?.to_vec::<f32>()?);
     let mut ranked: Vec<(usize, f32)> = probabilities.into_iter().enumerate().collect();
@@ -63,23 +64,35 @@ fn decode(body: &[u8]) -> Result<RgbImage, Error> {
     Ok(image.to_rgb8())
 }
 
-/// Resizes the shorter side to 256 (bilinear) and cuts the central 224×224.
-fn center_crop(image: &RgbImage) -> RgbImage {
+/// Resizes the shorter side to 256 (bilinear) and cuts the central
+/// 224×224, as RGB bytes. Only the part of the picture the crop keeps is
+/// resampled, in one pass: the crop's box, in the picture's own
+/// coordinates, resized to 224×224.
+fn center_crop(image: &RgbImage) -> Result<Vec<u8>, Error> {
     let (width, height) = image.dimensions();
     let scale = RESIZE_TO as f32 / width.min(height) as f32;
     let new_width = ((width as f32 * scale).round() as u32).max(RESIZE_TO);
     let new_height = ((height as f32 * scale).round() as u32).max(RESIZE_TO);
-    let resized = imageops::resize(image, new_width, new_height, FilterType::Triangle);
-    let left = (new_width - CROP) / 2;
-    let top = (new_height - CROP) / 2;
-    imageops::crop_imm(&resized, left, top, CROP, CROP).to_image()
+    let (x_scale, y_scale) = (f64::from(new_width) / f64::from(width), f64::from(new_height) / f64::from(height));
+    let left = f64::from((new_width - CROP) / 2) / x_scale;
+    let top = f64::from((new_height - CROP) / 2) / y_scale;
+    let source = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3)
+        .map_err(|e| Error::internal(format!("decoded picture: {e}")))?;
+    let mut cropped = Image::new(CROP, CROP, PixelType::U8x3);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .crop(left, top, f64::from(CROP) / x_scale, f64::from(CROP) / y_scale);
+    Resizer::new()
+        .resize(&source, &mut cropped, &options)
+        .map_err(|e| Error::internal(format!("resizing: {e}")))?;
+    Ok(cropped.into_vec())
 }
 
 /// RGB bytes to NCHW floats, `(x - 127) / 128` as the model was trained.
-fn to_input(image: &RgbImage) -> Vec<f32> {
+fn to_input(rgb: &[u8]) -> Vec<f32> {
     let plane = (CROP * CROP) as usize;
     let mut input = vec![0.0f32; 3 * plane];
-    for (i, pixel) in image.pixels().enumerate() {
+    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
         for channel in 0..3 {
             input[channel * plane + i] = (f32::from(pixel[channel]) - 127.0) / 128.0;
         }
