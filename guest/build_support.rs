@@ -13,7 +13,7 @@ fn build_guests(packages: &[&str]) -> Vec<PathBuf> {
     let guest = repo.join("guest");
     // Watch only what these packages are built from, so that editing one
     // kind of guest does not rebuild the crates that embed the other kind.
-    for watched in ["sdk", "Cargo.toml", "Cargo.lock", "build_support.rs"] {
+    for watched in ["sdk", "Cargo.toml", "Cargo.lock", ".cargo", "build_support.rs"] {
         println!("cargo:rerun-if-changed={}", guest.join(watched).display());
     }
     for package in packages {

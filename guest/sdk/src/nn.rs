@@ -217,9 +217,11 @@ macro_rules! element {
         impl Element for $ty {
             const TYPE: TensorType = TensorType::$tensor_type;
             const SIZE: usize = std::mem::size_of::<$ty>();
+            #[inline]
             fn write(self, out: &mut [u8]) {
                 out.copy_from_slice(&self.to_le_bytes());
             }
+            #[inline]
             fn get(bytes: &[u8]) -> Self {
                 let mut raw = [0u8; std::mem::size_of::<$ty>()];
                 raw.copy_from_slice(bytes);

@@ -79,12 +79,13 @@ fn center_crop(image: &RgbImage) -> Result<Vec<u8>, Error> {
     let source = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::internal(format!("decoded picture: {e}")))?;
     let mut cropped = Image::new(CROP, CROP, PixelType::U8x3);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(left, top, f64::from(CROP) / x_scale, f64::from(CROP) / y_scale);
-    Resizer::new()
-        .resize(&source, &mut cropped, &options)
-        .map_err(|e| Error::internal(format!("resizing: {e}")))?;
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(
+        left,
+        top,
+        f64::from(CROP) / x_scale,
+        f64::from(CROP) / y_scale,
+    );
+    Resizer::new().resize(&source, &mut cropped, &options).map_err(|e| Error::internal(format!("resizing: {e}")))?;
     Ok(cropped.into_vec())
 }
 
