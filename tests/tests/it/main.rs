@@ -7,6 +7,7 @@ mod deploy;
 mod image_classify;
 mod isolation;
 mod ocr;
+mod resample;
 mod serve;
 mod speech_detect;
 mod tensor_types;

@@ -52,3 +52,47 @@ async fn a_body_that_is_not_wav_is_refused() {
     assert_eq!(error.status(), 415, "{error}");
     assert!(error.to_string().contains("WAV"), "{error}");
 }
+
+/// `speech.wav` written again with `bits`-bit samples of `format`, the
+/// values unchanged.
+fn rewritten(format: hound::SampleFormat, bits: u16) -> Vec<u8> {
+    let mut reader = hound::WavReader::new(Cursor::new(sample("speech.wav"))).expect("a WAV sample");
+    let spec = hound::WavSpec { sample_format: format, bits_per_sample: bits, ..reader.spec() };
+    let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().expect("16-bit samples");
+    let mut out = Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut out, spec).expect("a WAV writer");
+    for s in samples {
+        match format {
+            hound::SampleFormat::Float => writer.write_sample(f32::from(s) / 32_768.0),
+            hound::SampleFormat::Int => writer.write_sample(i32::from(s) << (bits - 16)),
+        }
+        .expect("write");
+    }
+    writer.finalize().expect("finalize");
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn every_sample_format_gives_the_same_segments() {
+    // 16-bit and float samples are read straight from the data chunk,
+    // 24- and 32-bit integers through hound: all hold the same audio.
+    let node = node();
+    let reference = node.call_json(node.example("speech-detect"), post(sample("speech.wav"))).await;
+    assert!(!reference["segments"].as_array().expect("segments").is_empty(), "{reference}");
+    for (format, bits) in
+        [(hound::SampleFormat::Float, 32), (hound::SampleFormat::Int, 24), (hound::SampleFormat::Int, 32)]
+    {
+        let answer = node.call_json(node.example("speech-detect"), post(rewritten(format, bits))).await;
+        assert_eq!(answer, reference, "{bits}-bit {format:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_wav_cut_short_is_refused() {
+    let node = node();
+    let mut wav = sample("speech.wav");
+    wav.truncate(wav.len() / 2);
+    let error = node.call(node.example("speech-detect"), post(wav)).await.expect_err("refused");
+    assert_eq!(error.status(), 400, "{error}");
+    assert!(error.to_string().contains("damaged"), "{error}");
+}
