@@ -59,3 +59,30 @@ async fn empty_or_invalid_text_is_refused() {
     assert_eq!(error.status(), 400, "{error}");
     assert!(error.to_string().contains("UTF-8"), "{error}");
 }
+
+/// The example builds its tokenizer from the plain vocabulary; it must cut
+/// text exactly as the model's own `tokenizer.json` does.
+#[test]
+fn the_tokenizer_matches_the_models_own() {
+    let path = repo_root().join("models/minilm-l6/tokenizer.json");
+    let mut reference = tokenizers::Tokenizer::from_file(&path).expect("the model's tokenizer.json");
+    reference.with_padding(None);
+    let built = text_embed::tokenizer().expect("the example's tokenizer");
+    let long = "Edge nodes run models close to the data, ".repeat(30);
+    let texts = [
+        "A cat sits on the mat",
+        "HÉLLO   wörld!!! naïve café — don't, can't; it's 3.14%",
+        "東京 and 北京 are cities; 한국어 too",
+        "a [MASK] in the middle, [CLS] and [SEP] written out, [UNK]",
+        "supercalifragilisticexpialidocious antidisestablishmentarianism",
+        "tabs\tand\nnewlines\r\nand \u{200b}zero-width and control \u{7}",
+        &long,
+    ];
+    for text in texts {
+        let (ours, theirs) = (built.encode(text, true).expect("encode"), reference.encode(text, true).expect("encode"));
+        assert_eq!(ours.get_ids(), theirs.get_ids(), "{text:?}");
+        assert_eq!(ours.get_type_ids(), theirs.get_type_ids(), "{text:?}");
+        assert_eq!(ours.get_attention_mask(), theirs.get_attention_mask(), "{text:?}");
+    }
+    assert_eq!(built.encode(long.as_str(), true).expect("encode").len(), 128, "long text is cut at 128 tokens");
+}
