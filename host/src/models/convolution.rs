@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{AxesMapping, AxisOp, EvalContext, EvalOp, InOut, Op, OpState};
+use tract_onnx::tract_core::internal::{AxesMapping, AxisOp, EvalContext, EvalOp, InOut, Op};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::conv::Conv;
 use tract_onnx::tract_core::ops::cnn::{KernelFormat, PaddingSpec};
@@ -142,8 +142,10 @@ impl EvalOp for ChannelLastConv {
         };
         anyhow::ensure!(
             rows.len() == self.positions * self.panels.inputs,
-            "ChannelLastConv: input of {} values",
-            input.len()
+            "ChannelLastConv: {} input values for {} positions of {} channels",
+            rows.len(),
+            self.positions,
+            self.panels.inputs
         );
         let residual = match inputs.get(1) {
             Some(residual) => Some(residual.try_as_plain_ram()?.as_slice::<f32>()?),
@@ -151,14 +153,18 @@ impl EvalOp for ChannelLastConv {
         };
         let len = self.positions * self.panels.outputs;
         anyhow::ensure!(residual.is_none_or(|r| r.len() == len), "ChannelLastConv: residual of the wrong size");
-        // SAFETY: every value is written by `run` below before it is read.
+        anyhow::ensure!(
+            self.output_shape.iter().product::<usize>() == len,
+            "ChannelLastConv: output shape {:?} does not hold {} positions of {} channels",
+            self.output_shape,
+            self.positions,
+            self.panels.outputs
+        );
+        // SAFETY: the output holds exactly `len` values, and `run` writes
+        // every one of them before anything reads it.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         self.run(rows, residual, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
         Ok(tvec!(output.into_tvalue()))
-    }
-
-    fn state(&self, _: &EvalContext) -> TractResult<Option<Box<dyn OpState>>> {
-        Ok(None)
     }
 }
 
