@@ -3,8 +3,9 @@
 
 include!("../guest/build_support.rs");
 
-const TEST_PROGRAMS: [&str; 8] = [
+const TEST_PROGRAMS: [&str; 9] = [
     "echo",
+    "hostile",
     "loop-forever",
     "memory-bomb",
     "nn-probe",

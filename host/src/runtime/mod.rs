@@ -27,6 +27,12 @@ use wasmtime::{
 };
 use wasmtime_wasi::WasiCtxBuilder;
 
+/// Largest response body a guest may give: twice a tenant's default
+/// request limit. The body has been copied out of the guest's memory (so
+/// the guest's memory limit bounds it) before it can be measured; past this
+/// size the node sends an error rather than holding and sending it.
+pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
 /// How often the epoch advances: how often a running guest yields to the
 /// executor and checks its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -80,6 +86,8 @@ pub enum HandleError {
     Trap(String),
     #[error("cannot start the guest: {0}")]
     Instantiate(String),
+    #[error("the guest's response of {size} bytes is over the limit of {limit} bytes")]
+    ResponseTooLarge { size: usize, limit: usize },
 }
 
 fn guest_error_message(error: &GuestError) -> &str {
@@ -100,7 +108,7 @@ impl HandleError {
             HandleError::Guest(GuestError::Internal(_)) => 500,
             HandleError::Guest(GuestError::Forbidden(_)) => 403,
             HandleError::Deadline(_) => 504,
-            HandleError::MemoryLimit { .. } | HandleError::Trap(_) => 500,
+            HandleError::MemoryLimit { .. } | HandleError::Trap(_) | HandleError::ResponseTooLarge { .. } => 500,
             HandleError::Instantiate(_) => 503,
         }
     }
@@ -333,6 +341,9 @@ impl Runtime {
         let result = match outcome {
             Err(_elapsed) => Err(HandleError::Deadline(limits.deadline)),
             Ok(Err(instantiate)) => Err(instantiate),
+            Ok(Ok(Ok(Ok(response)))) if response.body.len() > MAX_RESPONSE_BYTES => {
+                Err(HandleError::ResponseTooLarge { size: response.body.len(), limit: MAX_RESPONSE_BYTES })
+            }
             Ok(Ok(Ok(Ok(response)))) => Ok(response),
             Ok(Ok(Ok(Err(guest_error)))) => Err(HandleError::Guest(guest_error)),
             Ok(Ok(Err(trap))) => Err(classify_trap(&trap, store.data(), &limits, usage.guest_time)),

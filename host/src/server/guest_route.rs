@@ -132,10 +132,11 @@ fn handle_error(error: HandleError, tenant: &str, module: &str, request_id: &str
             tracing::warn!(%tenant, %module, "cannot start a guest instance: {error}");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is at its limit of guest instances").retry_after(1)
         }
-        HandleError::MemoryLimit { .. } | HandleError::Trap(_) => {
+        HandleError::MemoryLimit { .. } | HandleError::Trap(_) | HandleError::ResponseTooLarge { .. } => {
             tracing::error!(%tenant, %module, error_id = %request_id, "guest failed: {error}");
             let what = match error {
                 HandleError::MemoryLimit { .. } => "the guest ran out of memory",
+                HandleError::ResponseTooLarge { .. } => "the guest's response is larger than the node passes on",
                 _ => "the guest crashed",
             };
             ApiError::internal(request_id, what)

@@ -4,6 +4,7 @@
 mod bundle;
 mod cli;
 mod deploy;
+mod hostile;
 mod image_classify;
 mod isolation;
 mod ocr;

@@ -1,0 +1,82 @@
+//! Guests that attack the node: each is stopped with a clear error while
+//! another tenant's request, sent at the same time, is answered.
+
+use mantle::runtime::{HandleError, MAX_RESPONSE_BYTES, ModuleLimits, Request, Response};
+use mantle_tests::served::{ServedNode, key_sha256};
+use mantle_tests::{Node, node, post, programs};
+
+/// `hostile` told to misbehave as `query` says.
+fn misbehave(query: &str) -> Request {
+    Request { query: query.to_owned(), ..post(Vec::new()) }
+}
+
+/// Runs `query` on the hostile guest of one tenant and, at the same time, a
+/// request of another tenant, which must get its answer.
+async fn with_a_neighbour(node: &Node, query: &str) -> Result<Response, HandleError> {
+    let hostile = node.program(programs::HOSTILE, "tenant-a", &[], ModuleLimits::default());
+    let echo = node.program(programs::ECHO, "tenant-b", &[], ModuleLimits::default());
+    let (outcome, neighbour) =
+        tokio::join!(node.call(&hostile, misbehave(query)), node.call_json(&echo, post(b"still here".to_vec())));
+    assert_eq!(neighbour["tenant"], "tenant-b");
+    assert_eq!(neighbour["body_len"], 10);
+    outcome
+}
+
+#[tokio::test]
+async fn endless_recursion_is_a_stack_overflow_trap() {
+    let error = with_a_neighbour(node(), "recurse").await.expect_err("the stack runs out");
+    assert!(matches!(&error, HandleError::Trap(message) if message.contains("stack")), "{error:?}");
+    assert_eq!(error.status(), 500);
+}
+
+#[tokio::test]
+async fn a_panic_or_unreachable_is_a_trap() {
+    for query in ["panic", "unreachable"] {
+        let error = with_a_neighbour(node(), query).await.expect_err("it crashes");
+        assert!(matches!(&error, HandleError::Trap(message) if message.contains("unreachable")), "{query}: {error:?}");
+        assert_eq!(error.status(), 500);
+    }
+}
+
+#[tokio::test]
+async fn an_enormous_response_is_refused_past_the_limit() {
+    let node = node();
+    let limit_mib = MAX_RESPONSE_BYTES >> 20;
+    let answer = with_a_neighbour(node, &format!("respond={}", limit_mib - 1)).await.expect("under the limit");
+    assert_eq!((answer.status, answer.body.len()), (200, (limit_mib - 1) << 20));
+
+    let error = with_a_neighbour(node, &format!("respond={}", limit_mib + 8)).await.expect_err("over the limit");
+    match &error {
+        HandleError::ResponseTooLarge { size, limit } => {
+            assert_eq!((*size, *limit), ((limit_mib + 8) << 20, MAX_RESPONSE_BYTES));
+        }
+        other => panic!("expected the response limit, got {other:?}"),
+    }
+    assert_eq!(error.status(), 500);
+    assert!(error.to_string().contains("over the limit"), "{error}");
+}
+
+#[test]
+fn a_flood_of_output_is_cut_short_in_the_log() {
+    const KEY: &str = "mk_flood_0123456789abcdef";
+    let module = |id: &str, wasm: &str| format!("[[tenant.module]]\nid = \"{id}\"\npath = '{wasm}'\n\n");
+    let config = format!(
+        "[[tenant]]\nid = \"alpha\"\nkey_sha256 = [\"{}\"]\n{}{}",
+        key_sha256(KEY),
+        module("hostile", programs::HOSTILE),
+        module("echo", programs::ECHO)
+    );
+    let served = ServedNode::with_config(&config);
+    let before = served.stderr().len();
+    std::thread::scope(|scope| {
+        // 16 MiB to each of stdout and stderr.
+        let flood = scope.spawn(|| served.post("/t/alpha/hostile?flood=16", Some(KEY), b""));
+        let neighbour = served.post("/t/alpha/echo", Some(KEY), b"still here");
+        assert_eq!(neighbour.status, 200, "{}", neighbour.text());
+        let flooded = flood.join().expect("the flood's client");
+        assert_eq!((flooded.status, flooded.text()), (200, "done".to_owned()), "the guest finishes");
+    });
+    served.wait_for_stderr("bytes not logged", std::time::Duration::from_secs(10));
+    let logged = served.stderr().len() - before;
+    assert!(logged < 1 << 20, "the node logged {logged} bytes of the guest's 32 MiB");
+}
