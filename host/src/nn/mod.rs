@@ -64,11 +64,16 @@ pub(crate) struct NnCtx {
     pool: Arc<InferencePool>,
     /// Each model computation of this request: the model and its time.
     pub(crate) inferences: Vec<(Arc<Model>, Duration)>,
+    /// Bytes of tensor data the host holds for this request. Tensors live in
+    /// host memory, outside the guest's memory limit, so they get a budget
+    /// of their own: as much again as the guest's memory.
+    tensor_bytes: usize,
+    tensor_budget: usize,
 }
 
 impl NnCtx {
-    pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>) -> Self {
-        NnCtx { grants, pool, inferences: Vec::new() }
+    pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>, tensor_budget: usize) -> Self {
+        NnCtx { grants, pool, inferences: Vec::new(), tensor_bytes: 0, tensor_budget }
     }
 }
 
@@ -81,6 +86,29 @@ pub(crate) struct NnView<'a> {
 impl<'a> NnView<'a> {
     pub(crate) fn new(ctx: &'a mut NnCtx, table: &'a mut ResourceTable) -> Self {
         NnView { ctx, table }
+    }
+
+    /// Puts a tensor in the table, counting its data against the budget.
+    /// Past the budget the guest is stopped: the constructor of a `wasi:nn`
+    /// tensor has no way to return an error.
+    fn push_tensor(&mut self, tensor: NnTensor) -> wasmtime::Result<Resource<NnTensor>> {
+        let held = self.ctx.tensor_bytes.saturating_add(tensor.data.len());
+        if held > self.ctx.tensor_budget {
+            wasmtime::bail!(
+                "the guest's wasi:nn tensors would hold {held} bytes, over their budget of {} bytes",
+                self.ctx.tensor_budget
+            );
+        }
+        let resource = self.table.push(tensor)?;
+        self.ctx.tensor_bytes = held;
+        Ok(resource)
+    }
+
+    /// Takes a tensor out of the table, returning its data to the budget.
+    fn take_tensor(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<NnTensor> {
+        let tensor = self.table.delete(tensor)?;
+        self.ctx.tensor_bytes = self.ctx.tensor_bytes.saturating_sub(tensor.data.len());
+        Ok(tensor)
     }
 
     /// Puts `error` in the table for the guest to inspect.
@@ -166,7 +194,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         let model = Arc::clone(&self.table.get(&session)?.model);
         let mut host_inputs = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
-            let tensor = self.table.delete(tensor)?;
+            let tensor = self.take_tensor(tensor)?;
             match to_host(tensor) {
                 Ok(tensor) => host_inputs.push((name, tensor)),
                 Err((code, message)) => return self.fail(code, format!("input `{name}`: {message}")),
@@ -200,7 +228,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                     return self.fail(ErrorCode::UnsupportedOperation, format!("output `{name}`: {message}"));
                 }
             };
-            named.push((name, self.table.push(tensor)?));
+            named.push((name, self.push_tensor(tensor)?));
         }
         Ok(Ok(named))
     }
@@ -218,7 +246,7 @@ impl tensor::HostTensor for NnView<'_> {
         // The data is already a copy in host memory, bounded by the guest's
         // own memory. Shape and length are checked when the tensor is used,
         // where an error can be returned.
-        Ok(self.table.push(NnTensor { dimensions, ty, data })?)
+        self.push_tensor(NnTensor { dimensions, ty, data })
     }
 
     fn dimensions(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {
@@ -234,7 +262,7 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn drop(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<()> {
-        self.table.delete(tensor)?;
+        self.take_tensor(tensor)?;
         Ok(())
     }
 }

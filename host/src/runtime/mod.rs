@@ -33,6 +33,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 /// size the node sends an error rather than holding and sending it.
 pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
+/// Resources (streams, tensors, graphs, errors...) one request's guest may
+/// hold at once. A Rust guest needs a handful; the cap keeps a guest that
+/// makes them in a loop from growing the host's memory without bound.
+const MAX_RESOURCES: usize = 10_000;
+
 /// How often the epoch advances: how often a running guest yields to the
 /// executor and checks its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -383,10 +388,12 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = GuestState {
             wasi,
-            table: ResourceTable::new(),
-            nn: NnCtx::new(Arc::clone(&module.grants), Arc::clone(&self.pool)),
+            table,
+            nn: NnCtx::new(Arc::clone(&module.grants), Arc::clone(&self.pool), limits.memory_bytes),
             limiter: GuestLimiter::new(limits.memory_bytes),
             tags,
             config: Arc::clone(&module.config),

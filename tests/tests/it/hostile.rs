@@ -80,3 +80,24 @@ fn a_flood_of_output_is_cut_short_in_the_log() {
     let logged = served.stderr().len() - before;
     assert!(logged < 1 << 20, "the node logged {logged} bytes of the guest's 32 MiB");
 }
+
+#[tokio::test]
+async fn tensors_held_in_the_host_are_bounded_by_the_guests_memory_limit() {
+    let node = node();
+    // 64 tensors of 1 MiB fit; 300 would hold more than the guest's 256 MiB.
+    let answer = with_a_neighbour(node, "tensors=64").await.expect("within the budget");
+    assert_eq!((answer.status, answer.body), (200, b"64".to_vec()));
+    let error = with_a_neighbour(node, "tensors=300").await.expect_err("over the budget");
+    assert!(matches!(&error, HandleError::Trap(message) if message.contains("over their budget")), "{error:?}");
+    assert_eq!(error.status(), 500);
+}
+
+#[tokio::test]
+async fn a_guest_cannot_hold_resources_without_bound() {
+    let node = node();
+    let answer = with_a_neighbour(node, "handles=1000").await.expect("a thousand is fine");
+    assert_eq!((answer.status, answer.body), (200, b"1000".to_vec()));
+    let error = with_a_neighbour(node, "handles=2000000").await.expect_err("the table is capped");
+    assert!(matches!(&error, HandleError::Trap(message) if message.contains("resource table")), "{error:?}");
+    assert_eq!(error.status(), 500);
+}
