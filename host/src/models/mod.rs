@@ -239,11 +239,17 @@ impl Model {
                 format!("[{}]", dims.join(", "))
             };
             if tensor.shape.len() != spec.shape.len() {
+                // A hostile caller may send thousands of dimensions: name the
+                // rank rather than echo them all.
+                let given = match tensor.shape.len() {
+                    rank @ 0..=8 => format!("{:?} (rank {rank})", tensor.shape),
+                    rank => format!("a shape of rank {rank}"),
+                };
                 return invalid(format!(
-                    "input `{}` must have shape {}, not {:?}",
+                    "input `{}` must have shape {} (rank {}), not {given}",
                     spec.name,
                     expected(),
-                    tensor.shape
+                    spec.shape.len()
                 ));
             }
             for (dim, &size) in spec.shape.iter().zip(&tensor.shape) {

@@ -101,3 +101,39 @@ async fn a_guest_cannot_hold_resources_without_bound() {
     assert!(matches!(&error, HandleError::Trap(message) if message.contains("resource table")), "{error:?}");
     assert_eq!(error.status(), 500);
 }
+
+#[test]
+fn a_tenant_flooding_a_looping_guest_takes_only_its_own_turns() {
+    const ALPHA: &str = "mk_alpha_0123456789abcdef";
+    const BETA: &str = "mk_beta_fedcba9876543210";
+    let config = format!(
+        "[[tenant]]\nid = \"alpha\"\nkey_sha256 = [\"{}\"]\n\
+         limits = {{ max_concurrent = 2, max_queued = 2, queue_timeout_ms = 10000 }}\n\
+         [[tenant.module]]\nid = \"loop\"\npath = '{}'\nlimits = {{ deadline_ms = 3000 }}\n\n\
+         [[tenant]]\nid = \"beta\"\nkey_sha256 = [\"{}\"]\n\
+         [[tenant.module]]\nid = \"echo\"\npath = '{}'\n",
+        key_sha256(ALPHA),
+        programs::LOOP_FOREVER,
+        key_sha256(BETA),
+        programs::ECHO
+    );
+    let served = ServedNode::with_config(&config);
+    std::thread::scope(|scope| {
+        let flood: Vec<_> =
+            (0..12).map(|_| scope.spawn(|| served.post("/t/alpha/loop", Some(ALPHA), b"").status)).collect();
+        served.wait_for_metrics(std::time::Duration::from_secs(30), |m| {
+            m.value("mantle_running_requests", &[("tenant", "alpha")]) == 2.0
+                && m.value("mantle_queued_requests", &[("tenant", "alpha")]) == 2.0
+        });
+        let neighbour = served.post("/t/beta/echo", Some(BETA), b"still here");
+        assert_eq!(neighbour.status, 200, "{}", neighbour.text());
+        assert!(flood.iter().any(|request| !request.is_finished()), "answered while the loops still ran");
+
+        let mut statuses: Vec<u16> =
+            flood.into_iter().map(|request| request.join().expect("a flood request")).collect();
+        statuses.sort_unstable();
+        // Two run and two wait their turn, each stopped by its deadline; the
+        // rest are refused at once.
+        assert_eq!(statuses, [[429; 8].as_slice(), &[504; 4]].concat(), "alpha's answers");
+    });
+}

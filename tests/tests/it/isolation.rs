@@ -125,6 +125,7 @@ async fn wrong_inputs_are_invalid_arguments_that_name_the_input() {
         ("missing-input", "invalid-argument", &["`input`", "missing"]),
         ("short-data", "invalid-argument", &["`input`", "602112 bytes", "12"]),
         ("overflowing-shape", "invalid-argument", &["`input`", "too large"]),
+        ("rank-1000", "invalid-argument", &["`input`", "rank 4", "not a shape of rank 1000"]),
         ("bf16", "unsupported-operation", &["`input`", "BF16"]),
         ("sequence-mismatch", "invalid-argument", &["`attention_mask`", "`sequence` is 5 in another input"]),
     ];

@@ -31,6 +31,7 @@ fn handle(request: Request) -> Result<Response, Error> {
         "/compute/wrong-name" => compute(vec![("pixels", image(&[1, 3, 224, 224]))]),
         "/compute/missing-input" => compute(vec![]),
         "/compute/short-data" => compute(vec![("input", Tensor::new(&[1, 3, 224, 224], TensorType::Fp32, &[0u8; 12]))]),
+        "/compute/rank-1000" => compute(vec![("input", Tensor::new(&[1; 1000], TensorType::Fp32, &[0u8; 4]))]),
         "/compute/overflowing-shape" => {
             compute(vec![("input", Tensor::new(&[u32::MAX, u32::MAX, u32::MAX, 2], TensorType::Fp32, &[0u8; 16]))])
         }
