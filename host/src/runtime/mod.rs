@@ -29,8 +29,8 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 /// Largest response body a guest may give: twice a tenant's default
 /// request limit. The body has been copied out of the guest's memory (so
-/// the guest's memory limit bounds it) before it can be measured; past this
-/// size the node sends an error rather than holding and sending it.
+/// the guest's memory limit bounds that copy) before it can be measured;
+/// past this size the node drops it and sends an error instead.
 pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 
 /// Resources (streams, tensors, graphs, errors...) one request's guest may

@@ -15,9 +15,11 @@ const DIM: usize = 384;
 /// The model's WordPiece vocabulary, one token per line, the line number
 /// being the id.
 const VOCAB: &[u8] = include_bytes!("../../../../models/minilm-l6/vocab.txt");
-/// The model's special tokens and their ids in [`VOCAB`].
-const SPECIAL_TOKENS: [(&str, u32); 5] =
-    [("[PAD]", 0), ("[UNK]", 100), ("[CLS]", 101), ("[SEP]", 102), ("[MASK]", 103)];
+/// The model's special tokens, which the tokenizer never splits.
+const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+/// The tokens that frame every input, with their ids in [`VOCAB`].
+const CLS: (&str, u32) = ("[CLS]", 101);
+const SEP: (&str, u32) = ("[SEP]", 102);
 /// Longest input in tokens, as the model's `tokenizer.json` sets it.
 const MAX_TOKENS: usize = 128;
 
@@ -70,7 +72,7 @@ pub fn tokenizer() -> tokenizers::Result<Tokenizer> {
     let template = TemplateProcessing::builder()
         .try_single("[CLS] $A [SEP]")?
         .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")?
-        .special_tokens(vec![SPECIAL_TOKENS[2], SPECIAL_TOKENS[3]])
+        .special_tokens(vec![CLS, SEP])
         .build()?;
     let mut tokenizer = Tokenizer::new(model);
     tokenizer
@@ -78,7 +80,7 @@ pub fn tokenizer() -> tokenizers::Result<Tokenizer> {
         .with_pre_tokenizer(Some(BertPreTokenizer))
         .with_post_processor(Some(template))
         .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..TruncationParams::default() }))?;
-    tokenizer.add_special_tokens(&SPECIAL_TOKENS.map(|(token, _)| AddedToken::from(token, true)));
+    tokenizer.add_special_tokens(&SPECIAL_TOKENS.map(|token| AddedToken::from(token, true)));
     Ok(tokenizer)
 }
 

@@ -22,7 +22,8 @@ fn handle(request: Request) -> Result<Response, Error> {
         "flood" => {
             let line = [b'y'; 1023].iter().chain(b"\n").copied().collect::<Vec<u8>>();
             for _ in 0..number << 10 {
-                // Write errors are the host's refusal to take more; keep pushing.
+                // The host drops what is past the request's log budget; a
+                // flood keeps writing whatever the outcome.
                 let _ = std::io::stdout().write_all(&line);
                 let _ = std::io::stderr().write_all(&line);
             }
