@@ -52,6 +52,9 @@ pub struct NodeSettings {
     pub trusted_signers: Vec<String>,
     /// Largest bundle the admin API accepts, in bytes.
     pub max_bundle_bytes: usize,
+    /// How long a client may take to send a request's line and headers
+    /// before the node closes the connection.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for NodeSettings {
@@ -63,6 +66,7 @@ impl Default for NodeSettings {
             admin_token_sha256: None,
             trusted_signers: Vec::new(),
             max_bundle_bytes: 1 << 30,
+            header_read_timeout_ms: 10_000,
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::{mantle_binary, model_path, repo_root, target_dir};
 use mantle::examples::EXAMPLES;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -69,11 +69,24 @@ impl ServedNode {
     /// Serves the node that `config` describes, with its store in
     /// `data_dir`, which outlives the node.
     pub fn with_config_in(config: &str, data_dir: &Path) -> ServedNode {
+        Self::configured(config, data_dir, None)
+    }
+
+    /// Serves the node that `config` describes, logging at `MANTLE_LOG`
+    /// level `filter`.
+    pub fn with_config_logging(config: &str, filter: &str) -> ServedNode {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let mut node = Self::configured(config, data.path(), Some(filter));
+        node.dirs.push(data);
+        node
+    }
+
+    fn configured(config: &str, data_dir: &Path, log: Option<&str>) -> ServedNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write the configuration");
         let args = ["--config".as_ref(), path.as_os_str(), "--data-dir".as_ref(), data_dir.as_os_str()];
-        let mut node = Self::start(&args);
+        let mut node = Self::start(&args, log);
         node.dirs.push(dir);
         node
     }
@@ -82,13 +95,17 @@ impl ServedNode {
     /// configuration, from the repository root.
     pub fn demo() -> ServedNode {
         let data = tempfile::tempdir().expect("a temp dir");
-        let mut node = Self::start(&["--data-dir".as_ref(), data.path().as_os_str()]);
+        let mut node = Self::start(&["--data-dir".as_ref(), data.path().as_os_str()], None);
         node.dirs.push(data);
         node
     }
 
-    fn start(args: &[&std::ffi::OsStr]) -> ServedNode {
-        let mut child = Command::new(mantle_binary())
+    fn start(args: &[&std::ffi::OsStr], log: Option<&str>) -> ServedNode {
+        let mut command = Command::new(mantle_binary());
+        if let Some(filter) = log {
+            command.env("MANTLE_LOG", filter);
+        }
+        let mut child = command
             .current_dir(repo_root())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -132,6 +149,16 @@ impl ServedNode {
             .unwrap_or_else(|| panic!("unexpected first line {first:?}; stderr: {}", node.stderr()));
         node.base = base.to_owned();
         node
+    }
+
+    /// Sets the largest file the node may write, as `ulimit -f` would have
+    /// at its start: a write past it fails as on a full disk.
+    pub fn limit_file_size(&self, bytes: u64) {
+        let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: prlimit only reads `limit`; the old limit is not asked for.
+        let set =
+            unsafe { libc::prlimit(self.child.id() as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
     }
 
     /// The next line the node prints on stdout.
@@ -216,6 +243,39 @@ impl ServedNode {
         }
         let request = request.body(ureq::SendBody::from_reader(&mut reader)).expect("a valid request");
         self.exchange(request)
+    }
+
+    /// Writes `request` to a new connection byte for byte, for requests
+    /// no well-behaved client would send, and reads the answer until the
+    /// node closes the connection (send `Connection: close`). `None` when
+    /// the node closed or reset the connection without an answer.
+    pub fn raw(&self, request: &[u8]) -> Option<Reply> {
+        let mut stream = std::net::TcpStream::connect(self.host_port()).expect("connect to the node");
+        stream.set_read_timeout(Some(REQUEST_LIMIT)).expect("a read timeout");
+        // The node may answer and close before it has read everything.
+        let _ = stream.write_all(request);
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && answer.is_empty() => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("reading a raw answer: {e}"),
+        }
+        if answer.is_empty() {
+            return None;
+        }
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head");
+        let head = std::str::from_utf8(&answer[..split]).expect("an ASCII head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            let (name, value) = line.split_once(':').expect("a header line");
+            let name = http::HeaderName::try_from(name.trim()).expect("a header name");
+            headers.append(name, http::HeaderValue::try_from(value.trim()).expect("a header value"));
+        }
+        Some(Reply { status, headers, body: answer[split + 4..].to_vec() })
     }
 
     fn exchange(&self, request: http::Request<impl ureq::AsSendBody>) -> Reply {
@@ -334,6 +394,22 @@ impl Metrics {
 /// The hex SHA-256 of an API key, as a configuration stores it.
 pub fn key_sha256(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A `[[tenant]]` table with the tenant's key and grants; `extra` is more
+/// of the table (limits, modules), written after it.
+pub fn tenant(id: &str, key: &str, grants: &[&str], extra: &str) -> String {
+    format!("[[tenant]]\nid = \"{id}\"\nkey_sha256 = [\"{}\"]\ngrants = {grants:?}\n{extra}\n", key_sha256(key))
+}
+
+/// A `[[tenant.module]]` table for a bundled example granted `models`.
+pub fn example_module(id: &str, example: &str, models: &[&str]) -> String {
+    format!("[[tenant.module]]\nid = \"{id}\"\nexample = \"{example}\"\nmodels = {models:?}\n\n")
+}
+
+/// A `[[tenant.module]]` table for a test program with a deadline.
+pub fn program_module(id: &str, wasm: &str, deadline_ms: u64) -> String {
+    format!("[[tenant.module]]\nid = \"{id}\"\npath = '{wasm}'\nlimits = {{ deadline_ms = {deadline_ms} }}\n\n")
 }
 
 /// `[[model]]` tables for the repository's example models, pinned as the

@@ -98,7 +98,7 @@ impl HostTensor {
         Ok(())
     }
 
-    pub(crate) fn into_tract(self) -> Result<Tensor, String> {
+    pub fn into_tract(self) -> Result<Tensor, String> {
         // SAFETY: every element type here is plain numeric data for which
         // any bit pattern is a valid value, and tract checks the length
         // against the shape before copying.
@@ -106,7 +106,7 @@ impl HostTensor {
             .map_err(|e| format!("{e:#}"))
     }
 
-    pub(crate) fn from_tract(tensor: &Tensor) -> Result<HostTensor, String> {
+    pub fn from_tract(tensor: &Tensor) -> Result<HostTensor, String> {
         let element_type = ElementType::from_datum_type(tensor.datum_type())
             .ok_or_else(|| format!("element type {:?} cannot be returned through wasi:nn", tensor.datum_type()))?;
         Ok(HostTensor { element_type, shape: tensor.shape().to_vec(), data: tensor.as_bytes().to_vec() })
@@ -140,6 +140,38 @@ mod tests {
             let tensor = HostTensor { element_type, shape: vec![2, 3], data };
             let back = HostTensor::from_tract(&tensor.clone().into_tract().expect("converts")).expect("converts back");
             assert_eq!(back, tensor, "{element_type}");
+        }
+    }
+
+    fn element_types() -> impl proptest::strategy::Strategy<Value = ElementType> {
+        use ElementType::*;
+        proptest::sample::select(vec![F16, F32, F64, U8, I32, I64])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_of_the_right_length_survive_the_trip_through_tract(
+            element_type in element_types(),
+            shape in proptest::collection::vec(0..5usize, 0..=4),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let len = HostTensor::expected_len(element_type, &shape).expect("a small shape");
+            let data: Vec<u8> = (0..len as u64).map(|i| (i.wrapping_mul(seed | 1) >> 3) as u8).collect();
+            let tensor = HostTensor { element_type, shape, data };
+            let back = HostTensor::from_tract(&tensor.clone().into_tract().expect("converts")).expect("converts back");
+            proptest::prop_assert_eq!(back, tensor);
+        }
+
+        #[test]
+        fn a_wrong_data_length_is_refused_not_read(
+            element_type in element_types(),
+            shape in proptest::collection::vec(0..5usize, 0..=4),
+            len in 0..700usize,
+        ) {
+            let expected = HostTensor::expected_len(element_type, &shape).expect("a small shape");
+            let tensor = HostTensor { element_type, shape, data: vec![7; len] };
+            proptest::prop_assert_eq!(tensor.check_data_len().is_ok(), len == expected);
+            proptest::prop_assert_eq!(tensor.into_tract().is_ok(), len == expected);
         }
     }
 }

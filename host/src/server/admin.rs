@@ -4,11 +4,12 @@
 
 use super::auth::key_hash;
 use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{RequestId, Shared};
 use crate::deploy::DeployError;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Extension, Path, Query};
+use axum::extract::Extension;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -70,8 +71,8 @@ fn yes() -> bool {
 async fn upload(
     state: Shared,
     Extension(id): Extension<RequestId>,
-    Path(tenant): Path<String>,
-    Query(query): Query<UploadQuery>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -108,9 +109,9 @@ struct Activation {
 
 async fn activate(
     state: Shared,
-    Path((tenant, name)): Path<(String, String)>,
+    ApiPath((tenant, name)): ApiPath<(String, String)>,
     headers: HeaderMap,
-    Json(activation): Json<Activation>,
+    ApiJson(activation): ApiJson<Activation>,
 ) -> Response {
     let outcome = async {
         operator(&state, &headers)?;
@@ -119,7 +120,7 @@ async fn activate(
     outcome.await.into_response()
 }
 
-async fn delete(state: Shared, Path((tenant, name)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn delete(state: Shared, ApiPath((tenant, name)): ApiPath<(String, String)>, headers: HeaderMap) -> Response {
     let outcome = async {
         operator(&state, &headers)?;
         state.deployments.delete(&state.node, &tenant, &name).await.map_err(refused)?;

@@ -5,10 +5,11 @@
 use super::admission::drained;
 use super::auth::authenticate;
 use super::error::ApiError;
+use super::extract::ApiPath;
 use super::{RequestId, Server, Shared, charged};
 use crate::runtime::{HandleError, Request as GuestRequest, Response as GuestResponse};
 use axum::body::Body;
-use axum::extract::{Extension, Path};
+use axum::extract::Extension;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ const NODE_SET: [HeaderName; 4] =
 pub async fn call(
     state: Shared,
     Extension(id): Extension<RequestId>,
-    Path((tenant, module)): Path<(String, String)>,
+    ApiPath((tenant, module)): ApiPath<(String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -37,7 +38,7 @@ pub async fn call(
 pub async fn call_with_path(
     state: Shared,
     Extension(id): Extension<RequestId>,
-    Path(params): Path<Vec<(String, String)>>,
+    ApiPath(params): ApiPath<Vec<(String, String)>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

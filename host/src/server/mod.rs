@@ -7,8 +7,9 @@ mod admin;
 mod admission;
 pub mod auth;
 mod error;
+mod extract;
 mod guest_route;
-mod kserve;
+pub mod kserve;
 mod metrics;
 
 use crate::deploy::Deployments;
@@ -33,6 +34,11 @@ use tracing::Instrument;
 
 /// The header that carries a request's id, both ways.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The most a request's line and headers may take, together. Common
+/// proxies stop at 8–16 KiB; hyper itself refuses, without a body, header
+/// blocks past about 400 KiB.
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
 
 /// What every handler shares.
 pub struct Server {
@@ -95,38 +101,63 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(kserve::routes())
         .merge(admin::routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(bounded_headers))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&server), observe))
         .with_state(server)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and lets requests in flight finish within the node's grace
-/// period. Returns whether they all finished.
+/// Serves the node's routes on `listener` until `shutdown` resolves, then
+/// stops accepting and lets requests in flight finish within the node's
+/// grace period. Returns whether they all finished.
+///
+/// Each connection is served by hyper with a limit on how long the request
+/// line and headers may take, so that clients that open connections and
+/// send nothing, or a header a byte at a time, are cut off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
-    let grace = std::time::Duration::from_millis(server.node.settings.shutdown_grace_ms);
-    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel();
-    let draining = Arc::clone(&server);
-    let app = router(server);
-    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        draining.accepting.store(false, Ordering::Relaxed);
-        tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
-        let _ = begun_tx.send(());
-    });
-    let mut serving = std::pin::pin!(serving.into_future());
-    tokio::select! {
-        result = &mut serving => result.map(|()| true),
-        _ = begun_rx => match tokio::time::timeout(grace, serving).await {
-            Ok(result) => result.map(|()| true),
-            Err(_) => {
-                tracing::warn!("requests still in flight after {grace:?}; stopping anyway");
-                Ok(false)
+    let settings = &server.node.settings;
+    let grace = std::time::Duration::from_millis(settings.shutdown_grace_ms);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(settings.header_read_timeout_ms));
+    let app = router(Arc::clone(&server));
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most often: wait for some
+                    // to be closed rather than spin.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
             }
-        },
+        });
+    }
+    drop(listener);
+    server.accepting.store(false, Ordering::Relaxed);
+    tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
+    match tokio::time::timeout(grace, connections.shutdown()).await {
+        Ok(()) => Ok(true),
+        Err(_) => {
+            tracing::warn!("requests still in flight after {grace:?}; stopping anyway");
+            Ok(false)
+        }
     }
 }
 
@@ -187,4 +218,21 @@ async fn metrics_text(State(server): Shared) -> Response {
 
 async fn not_found() -> Response {
     charged("", "", ApiError::not_found("no such endpoint"))
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    charged("", "", ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("this endpoint does not take {method}")))
+}
+
+/// Refuses a request whose header block is larger than
+/// [`MAX_HEADER_BYTES`]: 431, before any handler reads it.
+async fn bounded_headers(request: Request, next: Next) -> Response {
+    let size: usize = request.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+    if size > MAX_HEADER_BYTES {
+        let message =
+            format!("the request line and headers are {size} bytes; the node reads at most {MAX_HEADER_BYTES}");
+        return charged("", "", ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message));
+    }
+    next.run(request).await
 }

@@ -2,7 +2,7 @@
 //! another tenant's request, sent at the same time, is answered.
 
 use mantle::runtime::{HandleError, MAX_RESPONSE_BYTES, ModuleLimits, Request, Response};
-use mantle_tests::served::{ServedNode, key_sha256};
+use mantle_tests::served::{ServedNode, program_module, tenant};
 use mantle_tests::{Node, node, post, programs};
 
 /// `hostile` told to misbehave as `query` says.
@@ -59,13 +59,9 @@ async fn an_enormous_response_is_refused_past_the_limit() {
 #[test]
 fn a_flood_of_output_is_cut_short_in_the_log() {
     const KEY: &str = "mk_flood_0123456789abcdef";
-    let module = |id: &str, wasm: &str| format!("[[tenant.module]]\nid = \"{id}\"\npath = '{wasm}'\n\n");
-    let config = format!(
-        "[[tenant]]\nid = \"alpha\"\nkey_sha256 = [\"{}\"]\n{}{}",
-        key_sha256(KEY),
-        module("hostile", programs::HOSTILE),
-        module("echo", programs::ECHO)
-    );
+    let modules =
+        [program_module("hostile", programs::HOSTILE, 30_000), program_module("echo", programs::ECHO, 30_000)];
+    let config = tenant("alpha", KEY, &[], &modules.concat());
     let served = ServedNode::with_config(&config);
     let before = served.stderr().len();
     std::thread::scope(|scope| {
@@ -106,17 +102,12 @@ async fn a_guest_cannot_hold_resources_without_bound() {
 fn a_tenant_flooding_a_looping_guest_takes_only_its_own_turns() {
     const ALPHA: &str = "mk_alpha_0123456789abcdef";
     const BETA: &str = "mk_beta_fedcba9876543210";
-    let config = format!(
-        "[[tenant]]\nid = \"alpha\"\nkey_sha256 = [\"{}\"]\n\
-         limits = {{ max_concurrent = 2, max_queued = 2, queue_timeout_ms = 10000 }}\n\
-         [[tenant.module]]\nid = \"loop\"\npath = '{}'\nlimits = {{ deadline_ms = 3000 }}\n\n\
-         [[tenant]]\nid = \"beta\"\nkey_sha256 = [\"{}\"]\n\
-         [[tenant.module]]\nid = \"echo\"\npath = '{}'\n",
-        key_sha256(ALPHA),
-        programs::LOOP_FOREVER,
-        key_sha256(BETA),
-        programs::ECHO
-    );
+    let alpha_limits = "limits = { max_concurrent = 2, max_queued = 2, queue_timeout_ms = 10000 }\n";
+    let config = [
+        tenant("alpha", ALPHA, &[], &format!("{alpha_limits}{}", program_module("loop", programs::LOOP_FOREVER, 3000))),
+        tenant("beta", BETA, &[], &program_module("echo", programs::ECHO, 30_000)),
+    ]
+    .concat();
     let served = ServedNode::with_config(&config);
     std::thread::scope(|scope| {
         let flood: Vec<_> =

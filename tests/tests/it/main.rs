@@ -1,6 +1,7 @@
 //! mantle's integration tests: one binary, a module per area. Every test
 //! runs real components on real models.
 
+mod bad_input;
 mod bundle;
 mod cli;
 mod deploy;

@@ -1,7 +1,9 @@
 //! `mantle serve` as its users meet it: a real process on a loopback port,
 //! real HTTP, the real `tritonclient`, and the same answers as `mantle run`.
 
-use mantle_tests::served::{Reply, ServedNode, key_sha256, model_tables, python};
+use mantle_tests::served::{
+    Reply, ServedNode, example_module, key_sha256, model_tables, program_module, python, tenant,
+};
 use mantle_tests::{example_wasm, model_grant, node, programs, repo_root, run_mantle, sample};
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
@@ -11,22 +13,6 @@ const BETA_KEY: &str = "mk_beta_fedcba9876543210";
 const IMAGE_MODEL: &str = "efficientnet-lite0";
 const TEXT_MODEL: &str = "minilm-l6";
 const SPEECH_MODEL: &str = "silero-vad";
-
-/// A `[[tenant]]` table with the tenant's key and grants; `extra` is more
-/// of the table (limits, modules), written after it.
-fn tenant(id: &str, key: &str, grants: &[&str], extra: &str) -> String {
-    format!("[[tenant]]\nid = \"{id}\"\nkey_sha256 = [\"{}\"]\ngrants = {grants:?}\n{extra}\n", key_sha256(key))
-}
-
-/// A `[[tenant.module]]` table for a bundled example granted `models`.
-fn example_module(id: &str, example: &str, models: &[&str]) -> String {
-    format!("[[tenant.module]]\nid = \"{id}\"\nexample = \"{example}\"\nmodels = {models:?}\n\n")
-}
-
-/// A `[[tenant.module]]` table for a test program with a deadline.
-fn program_module(id: &str, wasm: &str, deadline_ms: u64) -> String {
-    format!("[[tenant.module]]\nid = \"{id}\"\npath = '{wasm}'\nlimits = {{ deadline_ms = {deadline_ms} }}\n\n")
-}
 
 fn assert_status(reply: &Reply, status: u16, what: &str) {
     assert_eq!(reply.status, status, "{what}: {}", reply.text());

@@ -2,18 +2,19 @@
 //! KServe, MLServer and OpenVINO Model Server) over the models a tenant was
 //! granted: server and model metadata, readiness, and inference.
 
-mod wire;
+pub mod wire;
 
 use super::admission::drained;
 use super::auth::authenticate;
 use super::error::ApiError;
+use super::extract::ApiPath;
 use super::{RequestId, Server, Shared, charged};
 use crate::models::{Dim, HostTensor};
 use crate::node::{HeldModel, Tenant};
 use crate::runtime::InferError;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Extension, Path};
+use axum::extract::Extension;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -97,7 +98,7 @@ fn granted(server: &Server, headers: &HeaderMap, path: &ModelPath) -> Result<(Ar
     Ok((tenant, model))
 }
 
-async fn model_metadata(state: Shared, Path(path): Path<ModelPath>, headers: HeaderMap) -> Response {
+async fn model_metadata(state: Shared, ApiPath(path): ApiPath<ModelPath>, headers: HeaderMap) -> Response {
     let (tenant, held) = match granted(&state, &headers, &path) {
         Ok(found) => found,
         Err(refusal) => return refusal.into_response(),
@@ -130,7 +131,7 @@ async fn model_metadata(state: Shared, Path(path): Path<ModelPath>, headers: Hea
     charged(&tenant.id, &path.label(), Json(metadata))
 }
 
-async fn model_ready(state: Shared, Path(path): Path<ModelPath>, headers: HeaderMap) -> Response {
+async fn model_ready(state: Shared, ApiPath(path): ApiPath<ModelPath>, headers: HeaderMap) -> Response {
     match granted(&state, &headers, &path) {
         // Models are loaded before the node listens: a granted one is ready.
         Ok((tenant, _)) => charged(&tenant.id, &path.label(), StatusCode::OK),
@@ -141,7 +142,7 @@ async fn model_ready(state: Shared, Path(path): Path<ModelPath>, headers: Header
 async fn infer(
     state: Shared,
     Extension(id): Extension<RequestId>,
-    Path(path): Path<ModelPath>,
+    ApiPath(path): ApiPath<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -159,10 +160,7 @@ async fn infer(
         }
         let (_turn, body) = state.admit(&tenant, body, &headers, &id.0).await?;
         let header_length = headers.get(wire::HEADER_LENGTH).map(|v| v.to_str().unwrap_or("?"));
-        let (json_part, binary) = wire::split_body(&body, header_length).map_err(ApiError::bad_request)?;
-        let request: InferRequest = serde_json::from_slice(json_part)
-            .map_err(|e| ApiError::bad_request(format!("the request is not a valid inference request: {e}")))?;
-        let inputs = wire::decode_inputs(&request, binary).map_err(ApiError::bad_request)?;
+        let (request, inputs) = wire::parse_request(&body, header_length).map_err(ApiError::bad_request)?;
         let deadline = Duration::from_millis(tenant.limits.infer_deadline_ms);
         let started = Instant::now();
         let outputs = state.node.runtime.infer(&held.model, inputs, deadline).await;

@@ -86,8 +86,22 @@ fn element_type(datatype: &str) -> Result<ElementType, String> {
     })
 }
 
+/// Reads an inference request: `body` as sent, and the value of its
+/// `Inference-Header-Content-Length` header if it had one. Any bytes give
+/// either the request and its input tensors or a message for the client.
+pub fn parse_request(
+    body: &[u8],
+    header_length: Option<&str>,
+) -> Result<(InferRequest, Vec<(String, HostTensor)>), String> {
+    let (json_part, binary) = split_body(body, header_length)?;
+    let request: InferRequest =
+        serde_json::from_slice(json_part).map_err(|e| format!("the request is not a valid inference request: {e}"))?;
+    let inputs = decode_inputs(&request, binary)?;
+    Ok((request, inputs))
+}
+
 /// Splits a request body into its JSON header and binary part.
-pub fn split_body<'a>(body: &'a [u8], header_length: Option<&str>) -> Result<(&'a [u8], &'a [u8]), String> {
+fn split_body<'a>(body: &'a [u8], header_length: Option<&str>) -> Result<(&'a [u8], &'a [u8]), String> {
     let Some(length) = header_length else {
         return Ok((body, &[]));
     };
@@ -101,7 +115,7 @@ pub fn split_body<'a>(body: &'a [u8], header_length: Option<&str>) -> Result<(&'
 
 /// The tensors of `request`, with their data taken from the JSON `data`
 /// fields or, in order, from `binary`.
-pub fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<(String, HostTensor)>, String> {
+fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<(String, HostTensor)>, String> {
     let mut rest = binary;
     let mut tensors = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
@@ -154,7 +168,9 @@ pub fn decode_inputs(request: &InferRequest, binary: &[u8]) -> Result<Vec<(Strin
 /// as it is seen.
 fn encode_json(data: &Value, element_type: ElementType, elements: usize) -> Result<Vec<u8>, String> {
     let expected_bytes = elements.saturating_mul(element_type.size());
-    let mut bytes = Vec::with_capacity(expected_bytes.min(1 << 28));
+    // Reserve no more than a small body could need: the shape alone is
+    // the client's word, and a few bytes of JSON can claim gigabytes.
+    let mut bytes = Vec::with_capacity(expected_bytes.min(1 << 20));
     let mut stack = vec![data];
     // Depth-first, keeping order: arrays are pushed reversed.
     while let Some(value) = stack.pop() {
@@ -266,5 +282,156 @@ mod tests {
         let text = request(serde_json::json!({"inputs": [
             {"name": "z", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}));
         assert!(decode_inputs(&text, &[]).expect_err("BYTES").contains("`BYTES` is not supported"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// An element type and `count` values of it, as JSON numbers that
+    /// convert exactly, with their little-endian bytes.
+    fn elements(count: usize) -> impl Strategy<Value = (ElementType, Vec<Value>, Vec<u8>)> {
+        fn finite<T: Copy>(
+            values: Vec<T>,
+            json: impl Fn(T) -> Value,
+            bytes: impl Fn(T) -> Vec<u8>,
+        ) -> (Vec<Value>, Vec<u8>) {
+            (values.iter().map(|&v| json(v)).collect(), values.iter().flat_map(|&v| bytes(v)).collect())
+        }
+        let n = count;
+        prop_oneof![
+            prop::collection::vec(
+                any::<u16>().prop_map(half::f16::from_bits).prop_filter("finite", |v| v.is_finite()),
+                n
+            )
+            .prop_map(|v| finite(v, |x| x.to_f64().into(), |x| x.to_le_bytes().to_vec()))
+            .prop_map(|(j, b)| (ElementType::F16, j, b)),
+            prop::collection::vec(any::<f32>().prop_filter("finite", |v| v.is_finite()), n)
+                .prop_map(|v| finite(v, |x| f64::from(x).into(), |x| x.to_le_bytes().to_vec()))
+                .prop_map(|(j, b)| (ElementType::F32, j, b)),
+            prop::collection::vec(any::<f64>().prop_filter("finite", |v| v.is_finite()), n)
+                .prop_map(|v| finite(v, Value::from, |x| x.to_le_bytes().to_vec()))
+                .prop_map(|(j, b)| (ElementType::F64, j, b)),
+            prop::collection::vec(any::<u8>(), n)
+                .prop_map(|v| finite(v, Value::from, |x| vec![x]))
+                .prop_map(|(j, b)| (ElementType::U8, j, b)),
+            prop::collection::vec(any::<i32>(), n)
+                .prop_map(|v| finite(v, Value::from, |x| x.to_le_bytes().to_vec()))
+                .prop_map(|(j, b)| (ElementType::I32, j, b)),
+            prop::collection::vec(any::<i64>(), n)
+                .prop_map(|v| finite(v, Value::from, |x| x.to_le_bytes().to_vec()))
+                .prop_map(|(j, b)| (ElementType::I64, j, b)),
+        ]
+    }
+
+    /// A shape of rank 0 to 4 with a few elements, and a tensor of it.
+    fn tensors() -> impl Strategy<Value = (Vec<usize>, ElementType, Vec<Value>, Vec<u8>)> {
+        prop::collection::vec(0..4usize, 0..=4).prop_flat_map(|shape| {
+            let count = shape.iter().product();
+            elements(count).prop_map(move |(t, json, bytes)| (shape.clone(), t, json, bytes))
+        })
+    }
+
+    /// `flat` nested in row-major order as `shape` lays it out.
+    fn nest(flat: &[Value], shape: &[usize]) -> Value {
+        match shape {
+            [] => flat[0].clone(),
+            [_] => Value::Array(flat.to_vec()),
+            [first, rest @ ..] => {
+                let stride = rest.iter().product::<usize>();
+                Value::Array((0..*first).map(|i| nest(&flat[i * stride..(i + 1) * stride], rest)).collect())
+            }
+        }
+    }
+
+    fn one_input(shape: &[usize], element_type: ElementType, body: Value) -> Value {
+        let mut input = json!({"name": "x", "shape": shape, "datatype": datatype_name(element_type)});
+        input.as_object_mut().expect("an object").extend(body.as_object().expect("an object").clone());
+        json!({"inputs": [input]})
+    }
+
+    proptest! {
+        #[test]
+        fn flat_nested_and_binary_data_give_the_same_tensor((shape, element_type, values, bytes) in tensors()) {
+            let expected = HostTensor { element_type, shape: shape.clone(), data: bytes.clone() };
+            let flat = one_input(&shape, element_type, json!({"data": values}));
+            let nested = one_input(&shape, element_type, json!({"data": nest(&values, &shape)}));
+            for request in [flat, nested] {
+                let body = serde_json::to_vec(&request).expect("JSON");
+                let (_, inputs) = parse_request(&body, None).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&inputs[0].1, &expected);
+            }
+            let header = one_input(&shape, element_type, json!({"parameters": {"binary_data_size": bytes.len()}}));
+            let mut body = serde_json::to_vec(&header).expect("JSON");
+            let header_length = body.len().to_string();
+            body.extend_from_slice(&bytes);
+            let (_, inputs) = parse_request(&body, Some(&header_length)).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(&inputs[0].1, &expected);
+            // And back to the same JSON numbers.
+            prop_assert_eq!(decode_json(&expected), Value::Array(values));
+        }
+
+        #[test]
+        fn data_that_disagrees_with_its_shape_is_refused_by_name(
+            (shape, element_type, values, bytes) in tensors(),
+            extra in 1..3usize,
+            drop_instead in any::<bool>(),
+        ) {
+            let mut values = values;
+            let mut bytes = bytes;
+            if drop_instead && !values.is_empty() {
+                values.pop();
+                bytes.truncate(bytes.len() - element_type.size());
+            } else {
+                values.extend(std::iter::repeat_n(Value::from(1), extra));
+                bytes.extend(std::iter::repeat_n(1, extra * element_type.size()));
+            }
+            let request = serde_json::to_vec(&one_input(&shape, element_type, json!({"data": values}))).expect("JSON");
+            let message = parse_request(&request, None).expect_err("a JSON count mismatch");
+            prop_assert!(message.contains("input `x`"), "{}", message);
+            let header = one_input(&shape, element_type, json!({"parameters": {"binary_data_size": bytes.len()}}));
+            let mut body = serde_json::to_vec(&header).expect("JSON");
+            let header_length = body.len().to_string();
+            body.extend_from_slice(&bytes);
+            let message = parse_request(&body, Some(&header_length)).expect_err("a binary size mismatch");
+            prop_assert!(message.contains("input `x`"), "{}", message);
+        }
+
+        #[test]
+        fn binary_inputs_must_account_for_every_byte(
+            sizes in prop::collection::vec(0..64usize, 1..5),
+            trailing in 0..3usize,
+            header_excess in 0..3usize,
+        ) {
+            let inputs: Vec<Value> = sizes.iter().enumerate().map(|(i, size)| json!({
+                "name": format!("in{i}"), "shape": [size], "datatype": "UINT8",
+                "parameters": {"binary_data_size": size},
+            })).collect();
+            let mut body = serde_json::to_vec(&json!({"inputs": inputs})).expect("JSON");
+            let header_length = (body.len() + header_excess).to_string();
+            let total: usize = sizes.iter().sum();
+            body.extend((0..total + trailing).map(|i| i as u8));
+            let parsed = parse_request(&body, Some(&header_length));
+            if trailing == 0 && header_excess == 0 {
+                let (_, tensors) = parsed.map_err(TestCaseError::fail)?;
+                let lengths: Vec<usize> = tensors.iter().map(|(_, t)| t.data.len()).collect();
+                prop_assert_eq!(lengths, sizes);
+            } else {
+                prop_assert!(parsed.is_err());
+            }
+        }
+
+        #[test]
+        fn any_bytes_give_a_request_or_a_message(body in prop::collection::vec(any::<u8>(), 0..256), header in any::<Option<u16>>()) {
+            let header = header.map(|h| h.to_string());
+            if let Ok((_, inputs)) = parse_request(&body, header.as_deref()) {
+                for (_, tensor) in inputs {
+                    prop_assert!(tensor.check_data_len().is_ok());
+                }
+            }
+        }
     }
 }
