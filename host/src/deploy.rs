@@ -43,6 +43,7 @@ impl DeployError {
             DeployError::Conflict { .. } | DeployError::Store(StoreError::VersionExists { .. }) => 409,
             DeployError::Bundle(BundleError::Unsigned | BundleError::UntrustedSigner(_)) => 403,
             DeployError::Bundle(_) | DeployError::Model { .. } | DeployError::Module(_) => 422,
+            DeployError::Store(StoreError::Full { .. }) => 507,
             DeployError::Store(_) => 500,
         }
     }

@@ -37,6 +37,7 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let started = Instant::now();
+    ignore_file_size_signal();
     let config = args.config.as_deref().map(NodeConfig::load).transpose()?;
     if config.is_none() && !args.models_dir.join("samples").is_dir() {
         return Err(Failure::Setup(anyhow::anyhow!(
@@ -111,6 +112,19 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopped");
     }
     Ok(())
+}
+
+/// A write past the process's file size limit (`ulimit -f`, systemd's
+/// `LimitFSIZE`) raises SIGXFSZ, which kills the process. The node would
+/// rather see the failed write, refuse that one deployment with 507 and go
+/// on serving.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no
+    // handler code; it is called once, before the node starts its work.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

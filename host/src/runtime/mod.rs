@@ -239,7 +239,6 @@ impl Runtime {
         wasm: &[u8],
         cache_dir: &Path,
     ) -> Result<(GuestModule, bool), SetupError> {
-        let cache = |e: std::io::Error| SetupError::Cache { module: spec.id.clone(), message: e.to_string() };
         let path =
             cache_dir.join(format!("{}-{:016x}.cwasm", crate::bundle::manifest::Sha256::of(wasm), self.engine_hash()));
         if path.exists() {
@@ -255,9 +254,16 @@ impl Runtime {
         let code = component
             .serialize()
             .map_err(|e| SetupError::Cache { module: spec.id.clone(), message: format!("{e:#}") })?;
-        std::fs::create_dir_all(cache_dir).map_err(cache)?;
+        // The cache only saves a restart's compiling: a module whose code
+        // cannot be kept (a full disk) is served all the same.
         let partial = path.with_extension("partial");
-        std::fs::write(&partial, code).and_then(|()| std::fs::rename(&partial, &path)).map_err(cache)?;
+        let kept = std::fs::create_dir_all(cache_dir)
+            .and_then(|()| std::fs::write(&partial, code))
+            .and_then(|()| std::fs::rename(&partial, &path));
+        if let Err(e) = kept {
+            let _ = std::fs::remove_file(&partial);
+            tracing::warn!(module = %spec.id, path = %path.display(), "compiled code not cached; a restart compiles it again: {e}");
+        }
         Ok((self.instantiate_pre(spec, &component)?, false))
     }
 

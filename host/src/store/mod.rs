@@ -24,6 +24,8 @@ const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployme
 pub enum StoreError {
     #[error("store I/O on {}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("the node's disk is full: cannot write {}", path.display())]
+    Full { path: PathBuf, source: std::io::Error },
     #[error("the store's database")]
     Database(#[from] redb::Error),
     #[error("a deployment record cannot be read or written")]
@@ -38,6 +40,19 @@ pub enum StoreError {
     VersionExists { tenant: String, name: String, version: String },
     #[error("a stored bundle no longer opens")]
     Bundle(#[from] BundleError),
+}
+
+impl StoreError {
+    /// An I/O error on `path`, told apart when it means the disk (or the
+    /// process's file size limit) is full.
+    fn io(path: PathBuf, source: std::io::Error) -> StoreError {
+        use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+        if matches!(source.kind(), StorageFull | FileTooLarge | QuotaExceeded) {
+            StoreError::Full { path, source }
+        } else {
+            StoreError::Io { path, source }
+        }
+    }
 }
 
 /// Every redb error type converts into `redb::Error`.
@@ -126,8 +141,15 @@ impl Store {
             file.write_all(bytes)?;
             file.sync_all()
         });
-        written.map_err(|source| StoreError::Io { path: temp.clone(), source })?;
-        std::fs::rename(&temp, &path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        if let Err(source) = written {
+            // Nothing names the temporary file: it goes, whatever the error.
+            let _ = std::fs::remove_file(&temp);
+            return Err(StoreError::io(temp, source));
+        }
+        if let Err(source) = std::fs::rename(&temp, &path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(StoreError::io(path, source));
+        }
         sync_dir(&self.root.join("blobs"))?;
         Ok(digest)
     }

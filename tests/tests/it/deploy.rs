@@ -424,3 +424,77 @@ fn a_deployment_serves_the_model_versions_its_policy_names_through_kserve() {
     assert_eq!(ready(""), 403, "no version is served, and the guest still runs");
     assert_eq!(node.post("/t/acme/greet", Some(TENANT_KEY), b"").status, 200);
 }
+
+#[test]
+fn a_full_disk_refuses_the_deploy_with_507_and_keeps_what_was_served() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let data = root.path().join("data");
+    let node = ServedNode::with_config_in(&node_config(&[]), &data);
+    assert_eq!(deploy(&node, &pack(&greeter(root.path(), "1"), None)).code, Some(0));
+    assert_eq!(greeting(&node), "version 1");
+
+    // Version 2 carries a 24 MiB guest, and the node may now write no file
+    // over 16 MiB: its blob cannot be stored.
+    let dir = greeter(root.path(), "2");
+    std::fs::write(dir.join("greet.wasm"), padded_echo(2, 24 << 20)).expect("write the guest");
+    let v2 = pack(&dir, None);
+    node.limit_file_size(16 << 20);
+    let refused = deploy(&node, &v2);
+    let said = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert_eq!(refused.code, Some(1), "{said}");
+    assert!(said.contains("507") && said.contains("disk is full"), "{said}");
+
+    // Nothing changed: the same version serves, the store lists only it,
+    // and no partial file is left behind.
+    assert_eq!(greeting(&node), "version 1");
+    let listed = node.get("/admin/v1/deployments", Some(OPERATOR_TOKEN)).json();
+    let versions: Vec<&str> =
+        listed[0]["versions"].as_array().expect("versions").iter().filter_map(|v| v["version"].as_str()).collect();
+    assert_eq!(versions, ["1"], "{listed}");
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("tmp")).expect("the store's tmp").collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Once there is room again, the same bundle deploys.
+    node.limit_file_size(libc::RLIM_INFINITY);
+    let deployed = deploy(&node, &v2);
+    assert_eq!(deployed.code, Some(0), "{}", String::from_utf8_lossy(&deployed.stdout));
+    assert_eq!(greeting(&node), "version 2");
+}
+
+#[test]
+fn a_blob_damaged_on_disk_is_refused_at_start_while_other_deployments_serve() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let data = root.path().join("data");
+    let config = node_config(&[]);
+    let greeter_dir = greeter(root.path(), "1");
+    let other = root.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::copy(programs::ECHO, other.join("other.wasm")).expect("copy the guest");
+    let manifest = "[bundle]\nname = \"other\"\nversion = \"1\"\n\n[[module]]\nid = \"other\"\nfile = \"other.wasm\"\n";
+    std::fs::write(other.join("mantle.toml"), manifest).expect("write mantle.toml");
+    {
+        let mut node = ServedNode::with_config_in(&config, &data);
+        for dir in [&greeter_dir, &other] {
+            assert_eq!(deploy(&node, &pack(dir, None)).code, Some(0));
+        }
+        node.terminate();
+        assert_eq!(node.wait_exit(Duration::from_secs(30)), Some(0), "a clean stop");
+    }
+
+    // One byte of greeter's manifest rots on disk while the node is down.
+    let manifest = std::fs::read_to_string(greeter_dir.join("mantle.toml")).expect("the manifest");
+    let blob = data.join("blobs").join(key_sha256(&manifest));
+    let mut rotten = std::fs::read(&blob).expect("the manifest's blob");
+    rotten[0] ^= 0x20;
+    std::fs::write(&blob, rotten).expect("damage the blob");
+
+    let node = ServedNode::with_config_in(&config, &data);
+    assert_eq!(node.post("/t/acme/other", Some(TENANT_KEY), b"").status, 200, "the other deployment serves");
+    let reply = node.post("/t/acme/greet", Some(TENANT_KEY), b"");
+    assert_eq!(reply.status, 404, "the damaged deployment is not served: {}", reply.text());
+    let log = node.stderr();
+    assert!(
+        log.contains("greeter") && log.contains("does not match its SHA-256"),
+        "the log names the deployment and the damage: {log}"
+    );
+}
