@@ -31,8 +31,18 @@ fn build_guests(packages: &[&str]) -> Vec<PathBuf> {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target_dir = out_dir.ancestors().nth(4).map_or_else(|| out_dir.join("guests"), |t| t.join("guests"));
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
+    // The guests build with the host's toolchain, unless
+    // MANTLE_GUEST_TOOLCHAIN names another: a nightly host build (cargo
+    // fuzz) may have no wasm32-wasip2 target installed.
+    println!("cargo:rerun-if-env-changed=MANTLE_GUEST_TOOLCHAIN");
+    let mut command = match std::env::var_os("MANTLE_GUEST_TOOLCHAIN") {
+        Some(toolchain) => {
+            let mut rustup_cargo = Command::new("cargo");
+            rustup_cargo.env("RUSTUP_TOOLCHAIN", toolchain).env_remove("RUSTC").env_remove("RUSTDOC");
+            rustup_cargo
+        }
+        None => Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+    };
     command
         .current_dir(&guest)
         .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])

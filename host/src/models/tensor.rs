@@ -77,11 +77,15 @@ pub struct HostTensor {
 
 impl HostTensor {
     /// The byte length the shape calls for, or a message if it overflows.
+    /// A zero dimension does not excuse the others: tract computes strides
+    /// from every dimension, so their product must fit even when the
+    /// tensor is empty.
     pub fn expected_len(element_type: ElementType, shape: &[usize]) -> Result<usize, String> {
-        shape
-            .iter()
-            .try_fold(element_type.size(), |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| format!("shape {shape:?} of {element_type} is too large"))
+        let fits = shape.iter().try_fold(element_type.size(), |acc, &d| acc.checked_mul(d.max(1))).is_some();
+        if !fits {
+            return Err(format!("shape {shape:?} of {element_type} is too large"));
+        }
+        Ok(shape.iter().product::<usize>() * element_type.size())
     }
 
     /// Checks that the data holds exactly the elements the shape calls for.
@@ -99,6 +103,7 @@ impl HostTensor {
     }
 
     pub fn into_tract(self) -> Result<Tensor, String> {
+        self.check_data_len()?;
         // SAFETY: every element type here is plain numeric data for which
         // any bit pattern is a valid value, and tract checks the length
         // against the shape before copying.
@@ -122,6 +127,13 @@ mod tests {
         assert_eq!(HostTensor::expected_len(ElementType::F32, &[1, 3, 224, 224]), Ok(602_112));
         assert_eq!(HostTensor::expected_len(ElementType::U8, &[]), Ok(1));
         assert!(HostTensor::expected_len(ElementType::I64, &[usize::MAX, 2]).is_err());
+        // Found by the host_tensor fuzz target: an empty tensor whose other
+        // dimensions overflow together made tract's stride arithmetic panic.
+        let huge = usize::MAX >> 15;
+        assert!(HostTensor::expected_len(ElementType::U8, &[huge, 165, 0, huge, huge, 44]).is_err());
+        let empty = HostTensor { element_type: ElementType::U8, shape: vec![huge, 165, 0, huge, huge, 44], data: vec![] };
+        assert!(empty.into_tract().is_err_and(|m| m.contains("too large")));
+        assert_eq!(HostTensor::expected_len(ElementType::F32, &[0, 3, 224, 224]), Ok(0));
         let short = HostTensor { element_type: ElementType::F16, shape: vec![2, 2], data: vec![0; 6] };
         assert!(short.check_data_len().is_err_and(|m| m.contains("needs 8 bytes")));
     }
