@@ -78,11 +78,11 @@ pub struct HostTensor {
 impl HostTensor {
     /// The byte length the shape calls for, or a message if it overflows.
     /// A zero dimension does not excuse the others: tract computes strides
-    /// from every dimension, so their product must fit even when the
-    /// tensor is empty.
+    /// (as `isize`) from every dimension, so their product must fit even
+    /// when the tensor is empty.
     pub fn expected_len(element_type: ElementType, shape: &[usize]) -> Result<usize, String> {
-        let fits = shape.iter().try_fold(element_type.size(), |acc, &d| acc.checked_mul(d.max(1))).is_some();
-        if !fits {
+        let bound = shape.iter().try_fold(element_type.size(), |acc, &d| acc.checked_mul(d.max(1)));
+        if bound.is_none_or(|bytes| isize::try_from(bytes).is_err()) {
             return Err(format!("shape {shape:?} of {element_type} is too large"));
         }
         Ok(shape.iter().product::<usize>() * element_type.size())
@@ -131,8 +131,12 @@ mod tests {
         // dimensions overflow together made tract's stride arithmetic panic.
         let huge = usize::MAX >> 15;
         assert!(HostTensor::expected_len(ElementType::U8, &[huge, 165, 0, huge, huge, 44]).is_err());
-        let empty = HostTensor { element_type: ElementType::U8, shape: vec![huge, 165, 0, huge, huge, 44], data: vec![] };
+        let empty =
+            HostTensor { element_type: ElementType::U8, shape: vec![huge, 165, 0, huge, huge, 44], data: vec![] };
         assert!(empty.into_tract().is_err_and(|m| m.contains("too large")));
+        let past_isize =
+            HostTensor { element_type: ElementType::U8, shape: vec![0, 0, 0, 3, usize::MAX >> 3, 2], data: vec![] };
+        assert!(past_isize.into_tract().is_err_and(|m| m.contains("too large")));
         assert_eq!(HostTensor::expected_len(ElementType::F32, &[0, 3, 224, 224]), Ok(0));
         let short = HostTensor { element_type: ElementType::F16, shape: vec![2, 2], data: vec![0; 6] };
         assert!(short.check_data_len().is_err_and(|m| m.contains("needs 8 bytes")));
