@@ -301,27 +301,26 @@ mod properties {
         ) -> (Vec<Value>, Vec<u8>) {
             (values.iter().map(|&v| json(v)).collect(), values.iter().flat_map(|&v| bytes(v)).collect())
         }
-        let n = count;
         prop_oneof![
             prop::collection::vec(
                 any::<u16>().prop_map(half::f16::from_bits).prop_filter("finite", |v| v.is_finite()),
-                n
+                count
             )
             .prop_map(|v| finite(v, |x| x.to_f64().into(), |x| x.to_le_bytes().to_vec()))
             .prop_map(|(j, b)| (ElementType::F16, j, b)),
-            prop::collection::vec(any::<f32>().prop_filter("finite", |v| v.is_finite()), n)
+            prop::collection::vec(any::<f32>().prop_filter("finite", |v| v.is_finite()), count)
                 .prop_map(|v| finite(v, |x| f64::from(x).into(), |x| x.to_le_bytes().to_vec()))
                 .prop_map(|(j, b)| (ElementType::F32, j, b)),
-            prop::collection::vec(any::<f64>().prop_filter("finite", |v| v.is_finite()), n)
+            prop::collection::vec(any::<f64>().prop_filter("finite", |v| v.is_finite()), count)
                 .prop_map(|v| finite(v, Value::from, |x| x.to_le_bytes().to_vec()))
                 .prop_map(|(j, b)| (ElementType::F64, j, b)),
-            prop::collection::vec(any::<u8>(), n)
+            prop::collection::vec(any::<u8>(), count)
                 .prop_map(|v| finite(v, Value::from, |x| vec![x]))
                 .prop_map(|(j, b)| (ElementType::U8, j, b)),
-            prop::collection::vec(any::<i32>(), n)
+            prop::collection::vec(any::<i32>(), count)
                 .prop_map(|v| finite(v, Value::from, |x| x.to_le_bytes().to_vec()))
                 .prop_map(|(j, b)| (ElementType::I32, j, b)),
-            prop::collection::vec(any::<i64>(), n)
+            prop::collection::vec(any::<i64>(), count)
                 .prop_map(|v| finite(v, Value::from, |x| x.to_le_bytes().to_vec()))
                 .prop_map(|(j, b)| (ElementType::I64, j, b)),
         ]
