@@ -55,6 +55,20 @@ pub struct NodeSettings {
     /// How long a client may take to send a request's line and headers
     /// before the node closes the connection.
     pub header_read_timeout_ms: u64,
+    /// `[node.tls]`: serve HTTPS instead of plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The certificate and key the node serves HTTPS with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, the node's own certificate first; relative
+    /// to the configuration file.
+    pub cert_path: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1);
+    /// relative to the configuration file.
+    pub key_path: PathBuf,
 }
 
 impl Default for NodeSettings {
@@ -67,6 +81,7 @@ impl Default for NodeSettings {
             trusted_signers: Vec::new(),
             max_bundle_bytes: 1 << 30,
             header_read_timeout_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -318,6 +333,10 @@ impl NodeConfig {
     pub fn parse(text: &str, base: &Path) -> Result<NodeConfig, String> {
         let mut config: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         config.check()?;
+        if let Some(tls) = &mut config.node.tls {
+            tls.cert_path = base.join(&tls.cert_path);
+            tls.key_path = base.join(&tls.key_path);
+        }
         for model in &mut config.models {
             model.path = base.join(&model.path);
         }

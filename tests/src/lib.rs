@@ -113,8 +113,12 @@ impl Node {
 
 /// The `mantle` binary, built from this source tree into the target
 /// directory and profile of the running tests. `cargo test` builds only
-/// the libraries and tests a test binary needs, so the first call runs
-/// `cargo build -p mantle` (a no-op when the binary is up to date).
+/// the libraries and tests a test binary needs, so the first call builds
+/// the binary. It asks for the workspace's tests too: that makes cargo
+/// resolve features as `cargo test` did (dev-dependencies included), so the
+/// binary links against the dependencies already built for the tests. With
+/// `-p mantle` alone, a few crates deep in the graph (indexmap, regex) get
+/// other features, and cargo rebuilds wasmtime and tract a second time.
 pub fn mantle_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -126,7 +130,7 @@ pub fn mantle_binary() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
             .current_dir(repo_root())
-            .args(["build", "--quiet", "-p", "mantle", "--bin", "mantle", "--profile", profile])
+            .args(["build", "--quiet", "--workspace", "--bins", "--tests", "--profile", profile])
             .arg("--target-dir")
             .arg(target_dir())
             .status()

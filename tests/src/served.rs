@@ -19,6 +19,29 @@ const START_LIMIT: Duration = Duration::from_secs(120);
 /// How long one HTTP exchange may take.
 const REQUEST_LIMIT: Duration = Duration::from_secs(120);
 
+/// An HTTP client that hands back every status as an answer, bounded in
+/// time. Over TLS it trusts `root_der` alone when given, the public web's
+/// authorities otherwise.
+pub fn agent_trusting(root_der: Option<&[u8]>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(REQUEST_LIMIT));
+    if let Some(der) = root_der {
+        let root = ureq::tls::Certificate::from_der(der).to_owned();
+        let roots = ureq::tls::RootCerts::Specific(Arc::new(vec![root]));
+        config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
+    }
+    config.build().into()
+}
+
+/// Everything the node sends on `stream` until it closes the connection,
+/// which it must do within the stream's read timeout.
+pub fn read_until_closed(mut stream: std::net::TcpStream) -> Vec<u8> {
+    let mut answer = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "the node kept the connection open: {e}");
+    }
+    answer
+}
+
 /// A running `mantle serve`.
 pub struct ServedNode {
     child: Child,
@@ -135,11 +158,7 @@ impl ServedNode {
                 }
             }
         });
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_LIMIT))
-            .build()
-            .into();
+        let agent = agent_trusting(None);
         let mut node =
             ServedNode { child, base: String::new(), stdout: Mutex::new(lines), stderr, agent, dirs: Vec::new() };
         let first = node.next_stdout_line(START_LIMIT);
@@ -161,6 +180,13 @@ impl ServedNode {
         assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
     }
 
+    /// From now on, talks to the node over TLS trusting only the
+    /// certificate `cert_der`: a node with `[node.tls]` and a self-signed
+    /// certificate.
+    pub fn trust_only(&mut self, cert_der: &[u8]) {
+        self.agent = agent_trusting(Some(cert_der));
+    }
+
     /// The next line the node prints on stdout.
     pub fn next_stdout_line(&self, limit: Duration) -> String {
         match self.stdout.lock().expect("stdout lines").recv_timeout(limit) {
@@ -170,14 +196,14 @@ impl ServedNode {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when the node serves TLS.
     pub fn base(&self) -> &str {
         &self.base
     }
 
     /// `host:port`, as `tritonclient` takes it.
     pub fn host_port(&self) -> &str {
-        self.base.trim_start_matches("http://")
+        self.base.split_once("://").map_or(&self.base, |(_, host_port)| host_port)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -276,6 +302,17 @@ impl ServedNode {
             headers.append(name, http::HeaderValue::try_from(value.trim()).expect("a header value"));
         }
         Some(Reply { status, headers, body: answer[split + 4..].to_vec() })
+    }
+
+    /// A connection of its own to the node, on which `first_bytes` have
+    /// been sent and nothing more; for [`read_until_closed`].
+    pub fn connect_raw(&self, first_bytes: &[u8]) -> std::net::TcpStream {
+        let mut stream = std::net::TcpStream::connect(self.host_port()).expect("connect to the node");
+        stream.write_all(first_bytes).expect("send to the node");
+        // Far longer than any limit of the node's: a read that ends by
+        // this timeout means the node kept the connection open.
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("a read timeout");
+        stream
     }
 
     fn exchange(&self, request: http::Request<impl ureq::AsSendBody>) -> Reply {

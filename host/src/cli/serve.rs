@@ -8,7 +8,7 @@ use mantle::config::NodeConfig;
 use mantle::deploy::Deployments;
 use mantle::examples::{DEMO_TENANT, EXAMPLES};
 use mantle::node::Node;
-use mantle::server::{Server, serve};
+use mantle::server::{Server, serve, tls};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +74,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             data_dir.display()
         );
     }
+    let tls = node.settings.tls.as_ref().map(tls::acceptor).transpose().context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -89,9 +90,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     let mut out = std::io::stdout().lock();
     let plural = if tenants == 1 { "" } else { "s" };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     writeln!(
         out,
-        "mantle listening on http://{address} ({tenants} tenant{plural}, ready in {:.2?})",
+        "mantle listening on {scheme}://{address} ({tenants} tenant{plural}, ready in {:.2?})",
         started.elapsed()
     )?;
     if open {
@@ -107,7 +109,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     out.flush()?;
     drop(out);
 
-    let finished = serve(listener, server, shutdown_signal()).await.context("the server failed")?;
+    let finished = serve(listener, server, tls, shutdown_signal()).await.context("the server failed")?;
     if finished {
         tracing::info!("stopped");
     }

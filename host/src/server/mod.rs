@@ -1,5 +1,5 @@
 //! The HTTP node: guest routes, the KServe V2 inference protocol, health
-//! and metrics, over hyper through axum. Every request is authenticated,
+//! and metrics, over hyper through axum, in plain HTTP or TLS. Every request is authenticated,
 //! admitted within its tenant's limits, charged to its tenant, and tagged
 //! with a request id; guests and models run only through the `Runtime`.
 
@@ -11,6 +11,7 @@ mod extract;
 mod guest_route;
 pub mod kserve;
 mod metrics;
+pub mod tls;
 
 use crate::deploy::Deployments;
 use crate::node::{Node, Tenant};
@@ -24,6 +25,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use error::ApiError;
+use hyper_util::rt::TokioIo;
 use metrics::NodeMetrics;
 use std::collections::HashMap;
 use std::future::Future;
@@ -107,23 +109,26 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// Serves the node's routes on `listener` until `shutdown` resolves, then
-/// stops accepting and lets requests in flight finish within the node's
-/// grace period. Returns whether they all finished.
+/// Serves the node's routes on `listener`, over TLS when `tls` is given,
+/// until `shutdown` resolves, then stops accepting and lets requests in
+/// flight finish within the node's grace period. Returns whether they all
+/// finished.
 ///
 /// Each connection is served by hyper with a limit on how long the request
-/// line and headers may take, so that clients that open connections and
-/// send nothing, or a header a byte at a time, are cut off.
+/// line and headers may take, and the TLS handshake gets the same limit,
+/// so that clients that open connections and send nothing, or a header a
+/// byte at a time, are cut off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
+    tls: Option<tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<bool> {
     let settings = &server.node.settings;
     let grace = std::time::Duration::from_millis(settings.shutdown_grace_ms);
+    let header_timeout = std::time::Duration::from_millis(settings.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_millis(settings.header_read_timeout_ms));
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
     let app = router(Arc::clone(&server));
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -142,9 +147,25 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection = connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let (http, tls, watcher) = (http.clone(), tls.clone(), connections.watcher());
+        // The handshake runs in the connection's own task: a slow client
+        // must not hold up the accept loop.
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake not finished within {header_timeout:?}");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!("connection ended: {e}");
             }
         });

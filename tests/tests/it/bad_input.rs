@@ -3,7 +3,9 @@
 //! connection, and each must get a 4xx whose JSON error names the problem:
 //! never a 5xx, a bare status or a hang. The node then serves as before.
 
-use mantle_tests::served::{Reply, ServedNode, example_module, key_sha256, model_tables, program_module, tenant};
+use mantle_tests::served::{
+    Reply, ServedNode, example_module, key_sha256, model_tables, program_module, read_until_closed, tenant,
+};
 use mantle_tests::{programs, sample};
 
 const KEY: &str = "mk_alpha_0123456789abcdef";
@@ -276,30 +278,20 @@ fn requests_http_itself_cannot_carry_are_refused_without_harm() {
 }
 
 #[test]
-fn a_client_too_slow_with_its_headers_is_cut_off_and_others_are_served() {
-    use std::io::{Read, Write};
+fn a_client_too_slow_with_its_headers_or_idle_too_long_is_cut_off_and_others_are_served() {
     let config = config().replacen("[node]\n", "[node]\nheader_read_timeout_ms = 500\n", 1);
     let served = ServedNode::with_config(&config);
-    let open = |first_bytes: &[u8]| {
-        let mut stream = std::net::TcpStream::connect(served.host_port()).expect("connect");
-        stream.write_all(first_bytes).expect("send");
-        // Far longer than the node's limit: a read that ends by this
-        // timeout means the node kept the connection open.
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("a read timeout");
-        stream
-    };
-    // One client says nothing; another starts its headers and stalls.
-    let silent = open(b"");
-    let stalled = open(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ");
+    // One client says nothing; another starts its headers and stalls; a
+    // third keeps its connection open after one request and sends no other.
+    let silent = served.connect_raw(b"");
+    let stalled = served.connect_raw(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ");
+    let idle = served.connect_raw(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let reply = served.post("/t/alpha/echo", Some(KEY), b"meanwhile");
     assert_eq!(reply.status, 200, "{}", reply.text());
-    for (what, mut stream) in [("silent", silent), ("stalled", stalled)] {
-        let mut answer = Vec::new();
-        match stream.read_to_end(&mut answer) {
-            Ok(_) => {}
-            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: the node kept it open: {e}"),
-        }
-        let answer = String::from_utf8_lossy(&answer);
+    let answered = String::from_utf8_lossy(&read_until_closed(idle)).into_owned();
+    assert!(answered.starts_with("HTTP/1.1 200") && answered.ends_with("ok\n"), "idle: {answered}");
+    for (what, stream) in [("silent", silent), ("stalled", stalled)] {
+        let answer = String::from_utf8_lossy(&read_until_closed(stream)).into_owned();
         assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{what}: {answer}");
     }
 }

@@ -14,3 +14,4 @@ mod serve;
 mod speech_detect;
 mod tensor_types;
 mod text_embed;
+mod tls;
