@@ -119,6 +119,11 @@ impl Node {
 /// binary links against the dependencies already built for the tests. With
 /// `-p mantle` alone, a few crates deep in the graph (indexmap, regex) get
 /// other features, and cargo rebuilds wasmtime and tract a second time.
+///
+/// The variables cargo sets for the running test are taken out of the
+/// build's environment: some build scripts (ring's) watch them, and
+/// would otherwise be rerun, and all that depends on them rebuilt, on
+/// every alternation between `cargo test` and this build.
 pub fn mantle_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -128,7 +133,13 @@ pub fn mantle_binary() -> &'static Path {
             Some(other) => other,
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
+        let mut build = std::process::Command::new(cargo);
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(set_by_cargo_for_a_test) {
+                build.env_remove(name);
+            }
+        }
+        let status = build
             .current_dir(repo_root())
             .args(["build", "--quiet", "--workspace", "--bins", "--tests", "--profile", profile])
             .arg("--target-dir")
@@ -140,6 +151,23 @@ pub fn mantle_binary() -> &'static Path {
         assert!(binary.exists(), "cargo built no binary at {}", binary.display());
         binary
     })
+}
+
+/// Whether `name` is one of the variables cargo sets for a test it runs,
+/// as opposed to one a user set to configure cargo.
+fn set_by_cargo_for_a_test(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// `<target>/<profile>`, where the running test binary was built.

@@ -2,7 +2,7 @@
 //! real HTTP, the real `tritonclient`, and the same answers as `mantle run`.
 
 use mantle_tests::served::{
-    Reply, ServedNode, example_module, key_sha256, model_tables, program_module, python, tenant,
+    Reply, ServedNode, agent_trusting, example_module, key_sha256, model_tables, program_module, python, tenant,
 };
 use mantle_tests::{example_wasm, model_grant, node, programs, repo_root, run_mantle, sample};
 use std::ffi::OsStr;
@@ -511,4 +511,61 @@ fn a_crashing_guest_gets_500_with_an_error_id_and_the_details_stay_in_the_log() 
     assert!(line.contains("memory"), "the log says what happened: {line}");
     // The tenant's other module still answers.
     assert_status(&served.post("/t/alpha/echo", Some(ALPHA_KEY), b""), 200, "after the crash");
+}
+
+#[test]
+fn a_node_killed_with_requests_in_flight_restarts_and_serves() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let data = tempfile::tempdir().expect("a temp dir");
+    let modules = [
+        example_module("classify", "image-classify", &[IMAGE_MODEL]),
+        program_module("loop", programs::LOOP_FOREVER, 60_000),
+    ];
+    let config =
+        format!("{}{}", model_tables(&[IMAGE_MODEL]), tenant("alpha", ALPHA_KEY, &[IMAGE_MODEL], &modules.concat()));
+    let mut node = ServedNode::with_config_in(&config, data.path());
+    let photo = sample("chelsea.png");
+    let answered = AtomicUsize::new(0);
+    let (classify_url, loop_url) = (node.url("/t/alpha/classify"), node.url("/t/alpha/loop"));
+    let bearer = format!("Bearer {ALPHA_KEY}");
+    std::thread::scope(|scope| {
+        // Clients that classify the photo one request after another until
+        // the node is gone, and one request that loops until its deadline.
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let agent = agent_trusting(None);
+                    loop {
+                        match agent.post(&classify_url).header("authorization", &bearer).send(&photo[..]) {
+                            Ok(response) => {
+                                assert_eq!(response.status(), 200, "before the kill");
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => return e.to_string(),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let looping =
+            scope.spawn(|| agent_trusting(None).post(&loop_url).header("authorization", &bearer).send(&b""[..]));
+        let started = Instant::now();
+        while answered.load(Ordering::Relaxed) < 8 {
+            assert!(started.elapsed() < Duration::from_secs(120), "the node answered too few: {}", node.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        node.kill();
+        // Every client learns at once that the node is gone: no hang.
+        for client in clients {
+            client.join().expect("a client thread");
+        }
+        let cut = looping.join().expect("the looping client");
+        assert!(cut.is_err(), "the looping request was answered: {:?}", cut.map(|r| r.status()));
+    });
+
+    // The same data directory: the store opens, and the node serves as before.
+    let node = ServedNode::with_config_in(&config, data.path());
+    let reply = node.post("/t/alpha/classify", Some(ALPHA_KEY), &photo);
+    assert_status(&reply, 200, "after the restart");
+    assert_eq!(reply.json()["top"][0]["label"], "tiger cat");
 }
