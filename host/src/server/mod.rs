@@ -1,7 +1,8 @@
 //! The HTTP node: guest routes, the KServe V2 inference protocol, health
-//! and metrics, over hyper through axum, in plain HTTP or TLS. Every request is authenticated,
-//! admitted within its tenant's limits, charged to its tenant, and tagged
-//! with a request id; guests and models run only through the `Runtime`.
+//! and metrics, over hyper through axum, in plain HTTP or TLS. Every
+//! request is authenticated, admitted within its tenant's limits, charged
+//! to its tenant, and tagged with a request id; guests and models run only
+//! through the `Runtime`.
 
 mod admin;
 mod admission;
