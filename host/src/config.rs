@@ -57,6 +57,12 @@ pub struct NodeSettings {
     pub header_read_timeout_ms: u64,
     /// `[node.tls]`: serve HTTPS instead of plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// Address space the child process that compiles a guest may map, in
+    /// MiB. A guest that needs more to compile is refused.
+    pub compile_memory_mib: u64,
+    /// How long compiling one guest may take, in milliseconds. A guest
+    /// that takes longer is refused.
+    pub compile_timeout_ms: u64,
 }
 
 /// The certificate and key the node serves HTTPS with.
@@ -82,6 +88,8 @@ impl Default for NodeSettings {
             max_bundle_bytes: 1 << 30,
             header_read_timeout_ms: 10_000,
             tls: None,
+            compile_memory_mib: 2048,
+            compile_timeout_ms: 120_000,
         }
     }
 }
@@ -123,8 +131,9 @@ pub struct TenantConfig {
     pub modules: Vec<ModuleConfig>,
 }
 
-/// What one tenant may use at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// What one tenant may use at once, and the most any of its deployed
+/// modules may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantLimits {
     /// Requests of the tenant that run at the same time.
@@ -137,16 +146,25 @@ pub struct TenantLimits {
     pub max_body_bytes: usize,
     /// Deadline of a KServe inference request, in milliseconds.
     pub infer_deadline_ms: u64,
+    /// The most memory a module of a deployed bundle may ask for, in MiB.
+    /// A bundle may ask for less; one that asks for more is refused.
+    pub max_memory_mib: usize,
+    /// The longest deadline a module of a deployed bundle may ask for, in
+    /// milliseconds; as `max_memory_mib`.
+    pub max_deadline_ms: u64,
 }
 
 impl Default for TenantLimits {
     fn default() -> Self {
+        let module = crate::runtime::ModuleLimits::default();
         TenantLimits {
             max_concurrent: 8,
             max_queued: 32,
             queue_timeout_ms: 5_000,
             max_body_bytes: 16 << 20,
             infer_deadline_ms: 10_000,
+            max_memory_mib: module.memory_bytes >> 20,
+            max_deadline_ms: module.deadline.as_millis() as u64,
         }
     }
 }
@@ -171,28 +189,49 @@ pub struct ModuleConfig {
     pub config: BTreeMap<String, String>,
 }
 
-/// Per-request limits of a module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Per-request limits of a module; what is left out takes the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModuleLimitsConfig {
-    pub memory_mib: usize,
-    pub deadline_ms: u64,
+    /// Memory of one instance (linear memories, tables and `wasi:nn`
+    /// tensors together), in MiB.
+    pub memory_mib: Option<usize>,
+    /// Wall-clock time for one request, in milliseconds.
+    pub deadline_ms: Option<u64>,
 }
 
 impl ModuleLimitsConfig {
-    /// The limits as the runtime applies them.
+    /// The limits as the runtime applies them, with the defaults for what
+    /// is left out.
     pub fn limits(&self) -> crate::runtime::ModuleLimits {
+        let default = crate::runtime::ModuleLimits::default();
         crate::runtime::ModuleLimits {
-            memory_bytes: self.memory_mib.saturating_mul(1 << 20),
-            deadline: std::time::Duration::from_millis(self.deadline_ms),
+            memory_bytes: self.memory_mib.map_or(default.memory_bytes, |mib| mib.saturating_mul(1 << 20)),
+            deadline: self.deadline_ms.map_or(default.deadline, std::time::Duration::from_millis),
         }
     }
-}
 
-impl Default for ModuleLimitsConfig {
-    fn default() -> Self {
-        let limits = crate::runtime::ModuleLimits::default();
-        ModuleLimitsConfig { memory_mib: limits.memory_bytes >> 20, deadline_ms: limits.deadline.as_millis() as u64 }
+    /// The limits of a module a tenant ships, held to the tenant's
+    /// ceilings: what is left out is the default or the ceiling, whichever
+    /// is lower; asking for more than the ceiling is refused.
+    pub fn limits_within(&self, ceiling: &TenantLimits) -> Result<crate::runtime::ModuleLimits, String> {
+        if let Some(mib) = self.memory_mib.filter(|&mib| mib > ceiling.max_memory_mib) {
+            return Err(format!(
+                "it asks for memory_mib = {mib}, over the tenant's max_memory_mib of {}",
+                ceiling.max_memory_mib
+            ));
+        }
+        if let Some(ms) = self.deadline_ms.filter(|&ms| ms > ceiling.max_deadline_ms) {
+            return Err(format!(
+                "it asks for deadline_ms = {ms}, over the tenant's max_deadline_ms of {}",
+                ceiling.max_deadline_ms
+            ));
+        }
+        let limits = self.limits();
+        Ok(crate::runtime::ModuleLimits {
+            memory_bytes: limits.memory_bytes.min(ceiling.max_memory_mib.saturating_mul(1 << 20)),
+            deadline: limits.deadline.min(std::time::Duration::from_millis(ceiling.max_deadline_ms)),
+        })
     }
 }
 
@@ -351,6 +390,12 @@ impl NodeConfig {
     /// Checks what the types alone cannot: uniqueness, and that every grant
     /// and module names something that exists.
     fn check(&self) -> Result<(), String> {
+        if self.node.compile_memory_mib < 256 {
+            return Err("compile_memory_mib is under 256: the node could compile no guest".to_owned());
+        }
+        if self.node.compile_timeout_ms == 0 {
+            return Err("compile_timeout_ms is 0".to_owned());
+        }
         for signer in &self.node.trusted_signers {
             crate::bundle::keys::parse_verifying_key(signer)
                 .map_err(|e| format!("trusted_signers: `{signer}` is not a public key from `mantle keygen`: {e}"))?;
@@ -424,6 +469,11 @@ fn check_tenant_limits(limits: &TenantLimits) -> Result<(), String> {
     if limits.infer_deadline_ms == 0 {
         return Err("infer_deadline_ms is 0".to_owned());
     }
+    let ceiling = crate::runtime::ModuleLimits {
+        memory_bytes: limits.max_memory_mib.saturating_mul(1 << 20),
+        deadline: std::time::Duration::from_millis(limits.max_deadline_ms),
+    };
+    ceiling.validate().map_err(|m| format!("max_memory_mib and max_deadline_ms: {m}"))?;
     Ok(())
 }
 
@@ -478,6 +528,21 @@ mod tests {
 
         let bad_key = parse("[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"secret\"]\n").expect_err("bad hash");
         assert!(bad_key.contains("line 3") && bad_key.contains("64 hex digits"), "{bad_key}");
+    }
+
+    #[test]
+    fn a_tenants_ceilings_bound_what_its_bundles_ask_for() {
+        let ceiling = TenantLimits { max_memory_mib: 128, max_deadline_ms: 2_000, ..TenantLimits::default() };
+        let asked = |memory_mib, deadline_ms| ModuleLimitsConfig { memory_mib, deadline_ms }.limits_within(&ceiling);
+        let within = asked(Some(64), Some(1_000)).expect("within the ceilings");
+        assert_eq!((within.memory_bytes, within.deadline.as_millis()), (64 << 20, 1_000));
+        // Left out: the default, lowered to the ceiling.
+        let defaults = asked(None, None).expect("the defaults, lowered");
+        assert_eq!((defaults.memory_bytes, defaults.deadline.as_millis()), (128 << 20, 2_000));
+        let memory = asked(Some(4096), None).expect_err("too much memory");
+        assert!(memory.contains("memory_mib = 4096") && memory.contains("max_memory_mib of 128"), "{memory}");
+        let day = asked(None, Some(86_400_000)).expect_err("a day");
+        assert!(day.contains("deadline_ms = 86400000") && day.contains("max_deadline_ms of 2000"), "{day}");
     }
 
     #[test]

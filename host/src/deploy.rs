@@ -28,6 +28,8 @@ pub enum DeployError {
     Model { model: String, source: LoadError },
     #[error(transparent)]
     Module(#[from] SetupError),
+    #[error("module `{module}` asks for more than the tenant may have: {message}")]
+    Limits { module: String, message: String },
     #[error("module `{module}` is already served by {owner}")]
     Conflict { module: String, owner: String },
     #[error(transparent)]
@@ -42,7 +44,11 @@ impl DeployError {
             DeployError::Store(StoreError::UnknownDeployment { .. } | StoreError::UnknownVersion { .. }) => 404,
             DeployError::Conflict { .. } | DeployError::Store(StoreError::VersionExists { .. }) => 409,
             DeployError::Bundle(BundleError::Unsigned | BundleError::UntrustedSigner(_)) => 403,
-            DeployError::Bundle(_) | DeployError::Model { .. } | DeployError::Module(_) => 422,
+            DeployError::Module(SetupError::Busy { .. }) => 503,
+            DeployError::Bundle(_)
+            | DeployError::Model { .. }
+            | DeployError::Module(_)
+            | DeployError::Limits { .. } => 422,
             DeployError::Store(StoreError::Full { .. }) => 507,
             DeployError::Store(_) => 500,
         }
@@ -127,7 +133,7 @@ impl Deployments {
                 }
                 Err(e) => tracing::error!(
                     tenant = %deployment.tenant, deployment = %deployment.name, version = %stored.version,
-                    "cannot restore the active version: {e}"
+                    "cannot restore the active version: {}", crate::untrusted::escaped(&e.to_string())
                 ),
             }
         }
@@ -234,6 +240,17 @@ impl Deployments {
             }
         }
         drop(active);
+        // The tenant's ceilings, before any work is done.
+        let limits = manifest
+            .modules
+            .iter()
+            .map(|module| {
+                module
+                    .limits
+                    .limits_within(&tenant.limits)
+                    .map_err(|message| DeployError::Limits { module: module.id.to_string(), message })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         // Models load side by side, each optimizing on one core.
         let held = manifest
@@ -250,13 +267,13 @@ impl Deployments {
             .collect::<Result<Vec<_>, DeployError>>()?;
         let mut modules = Vec::new();
         let mut cache_hits = 0;
-        for module in &manifest.modules {
+        for (module, limits) in manifest.modules.iter().zip(limits) {
             let granted = held.iter().filter(|h| module.models.iter().any(|g| g.covers(&h.name, &h.version)));
             let spec = ModuleSpec {
                 id: module.id.to_string(),
                 tenant: tenant.id.clone(),
                 grants: module_grants(granted),
-                limits: module.limits.limits(),
+                limits,
                 config: module.config.clone(),
             };
             let wasm = bundle.file(&module.file);

@@ -7,7 +7,7 @@ use crate::config::{
 };
 use crate::examples::{DEMO_TENANT, EXAMPLES};
 use crate::models::{LoadError, LoadOptions, Model};
-use crate::runtime::{GuestModule, ModuleSpec, Runtime, RuntimeConfig, SetupError};
+use crate::runtime::{GuestModule, IsolatedCompiler, ModuleSpec, Runtime, RuntimeConfig, SetupError};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,21 +126,38 @@ pub struct Node {
 impl Node {
     /// Loads every model and compiles every module of `config`, keeping
     /// compiled code in `compiled_dir` so that a restart compiles nothing.
-    pub fn build(config: &NodeConfig, compiled_dir: &Path) -> Result<Node, NodeError> {
-        Self::build_inner(config, compiled_dir, None)
+    /// With `compile_with`, guests are compiled in a child process of that
+    /// program, within the node's compile limits.
+    pub fn build(config: &NodeConfig, compiled_dir: &Path, compile_with: Option<&Path>) -> Result<Node, NodeError> {
+        Self::build_inner(config, compiled_dir, compile_with, None)
     }
 
     /// The bundled example guests and their models from `models_dir`, as
     /// tenant `demo`, reachable without a key.
-    pub fn examples(models_dir: &Path, compiled_dir: &Path) -> Result<Node, NodeError> {
-        Self::build_inner(&examples_config(models_dir), compiled_dir, Some(DEMO_TENANT))
+    pub fn examples(models_dir: &Path, compiled_dir: &Path, compile_with: Option<&Path>) -> Result<Node, NodeError> {
+        Self::build_inner(&examples_config(models_dir), compiled_dir, compile_with, Some(DEMO_TENANT))
     }
 
-    fn build_inner(config: &NodeConfig, compiled_dir: &Path, open_tenant: Option<&str>) -> Result<Node, NodeError> {
+    fn build_inner(
+        config: &NodeConfig,
+        compiled_dir: &Path,
+        compile_with: Option<&Path>,
+        open_tenant: Option<&str>,
+    ) -> Result<Node, NodeError> {
         let settings = &config.node;
+        let compiler = compile_with.map(|program| IsolatedCompiler {
+            program: program.to_owned(),
+            memory_bytes: settings.compile_memory_mib.saturating_mul(1 << 20),
+            timeout: std::time::Duration::from_millis(settings.compile_timeout_ms),
+        });
+        // Each tenant's share of the instance slots, so that no tenant can
+        // take them all.
+        let tenants = u32::try_from(config.tenants.len()).unwrap_or(u32::MAX).max(1);
         let runtime = Runtime::new(&RuntimeConfig {
             max_instances: settings.max_instances,
+            instances_per_tenant: Some((settings.max_instances / tenants).max(1)),
             inference_threads: (settings.inference_threads > 0).then_some(settings.inference_threads),
+            compiler,
         })?;
         // Each model loads and optimizes on one core, independently of the
         // others: loading them side by side shortens a node's start.

@@ -3,11 +3,14 @@
 //! with the example modules compiled once for every test, and the `mantle`
 //! binary itself, run as a command or as a serving node.
 
+pub mod crafted;
 pub mod served;
 
 use mantle::examples::{self, EXAMPLES};
 use mantle::models::{Model, ModelRegistry};
-use mantle::runtime::{GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, Runtime, RuntimeConfig};
+use mantle::runtime::{
+    GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, Runtime, RuntimeConfig, SetupError,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -97,6 +100,19 @@ impl Node {
             config: BTreeMap::from([("greeting".to_owned(), "hello from the operator".to_owned())]),
         };
         self.runtime.load_module(spec, &wasm).expect("the test program loads")
+    }
+
+    /// Loads the component `wasm` as module `id` of `tenant`, granted
+    /// nothing: `Ok` only if the runtime takes it.
+    pub fn load(&self, wasm: &[u8], id: &str, tenant: &str, limits: ModuleLimits) -> Result<GuestModule, SetupError> {
+        let spec = ModuleSpec {
+            id: id.to_owned(),
+            tenant: tenant.to_owned(),
+            grants: BTreeMap::new(),
+            limits,
+            config: BTreeMap::new(),
+        };
+        self.runtime.load_module(spec, wasm)
     }
 
     pub async fn call(&self, module: &GuestModule, request: Request) -> Result<Response, HandleError> {

@@ -428,6 +428,19 @@ impl Metrics {
     }
 }
 
+/// A packed, unsigned bundle `name` at version 1 with one module, `id`,
+/// whose component is `wasm` and whose `[[module]]` table goes on with
+/// `module_extra` (limits, models).
+pub fn bundle_of(name: &str, id: &str, wasm: &[u8], module_extra: &str) -> Vec<u8> {
+    let manifest = format!(
+        "[bundle]\nname = \"{name}\"\nversion = \"1\"\n\n[[module]]\nid = \"{id}\"\nfile = \"{id}.wasm\"\n{module_extra}\n"
+    );
+    let files =
+        BTreeMap::from([("mantle.toml".to_owned(), manifest.into_bytes()), (format!("{id}.wasm"), wasm.to_vec())]);
+    let bundle = mantle::bundle::Bundle::from_files(files, None).unwrap_or_else(|e| panic!("a test bundle: {e}"));
+    bundle.pack(None).unwrap_or_else(|e| panic!("packing a test bundle: {e}"))
+}
+
 /// The hex SHA-256 of an API key, as a configuration stores it.
 pub fn key_sha256(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))

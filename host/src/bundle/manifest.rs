@@ -7,6 +7,11 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
+/// Most `[[module]]` tables a bundle may have.
+pub const MAX_MODULES: usize = 32;
+/// Most `[[model]]` tables a bundle may have.
+pub const MAX_MODELS: usize = 32;
+
 /// The whole manifest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +223,18 @@ impl BundleManifest {
         if self.modules.is_empty() {
             return Err("the bundle has no [[module]]".to_owned());
         }
+        // Each module and model costs a deploy seconds of compiling or
+        // loading, one deploy at a time: a bundle may not hold deploys up
+        // for hours.
+        if self.modules.len() > MAX_MODULES {
+            return Err(format!(
+                "the bundle has {} modules; a bundle may have at most {MAX_MODULES}",
+                self.modules.len()
+            ));
+        }
+        if self.models.len() > MAX_MODELS {
+            return Err(format!("the bundle has {} models; a bundle may have at most {MAX_MODELS}", self.models.len()));
+        }
         Ok(())
     }
 }
@@ -246,6 +263,9 @@ mod tests {
         assert!(digest.contains("line 8") && digest.contains("`abc` is not a SHA-256"), "{digest}");
         let missing = BundleManifest::parse(&manifest(&model, &module.replace("[\"m\"]", "[\"n\"]"))).unwrap_err();
         assert!(missing.contains("module `classify`: model `n` is not in the bundle"), "{missing}");
+        let many: String = (0..=MAX_MODULES).map(|i| module.replace("classify", &format!("classify-{i}"))).collect();
+        let too_many = BundleManifest::parse(&manifest(&model, &many)).unwrap_err();
+        assert!(too_many.contains(&format!("at most {MAX_MODULES}")), "{too_many}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod manifest;
 
+use crate::untrusted::{escaped, escaped_keeping_lines};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use manifest::{BundleManifest, BundlePath, Sha256};
 use serde::{Deserialize, Serialize};
@@ -28,21 +29,21 @@ const FORMAT: &str = "mantle-bundle/1";
 pub enum BundleError {
     #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("the bundle is not a readable archive: {0}")]
+    #[error("the bundle is not a readable archive: {}", escaped(.0))]
     Archive(String),
-    #[error("the bundle's index ({INDEX}) is invalid: {0}")]
+    #[error("the bundle's index ({INDEX}) is invalid: {}", escaped(.0))]
     Index(String),
-    #[error("invalid {MANIFEST}:\n{0}")]
+    #[error("invalid {MANIFEST}:\n{}", escaped_keeping_lines(.0))]
     Manifest(String),
-    #[error("the bundle has no file `{0}`")]
+    #[error("the bundle has no file `{}`", escaped(.0))]
     Missing(String),
-    #[error("the bundle holds `{0}`, which its index does not list")]
+    #[error("the bundle holds `{}`, which its index does not list", escaped(.0))]
     Unlisted(String),
-    #[error("`{0}` does not match the SHA-256 the bundle's index gives for it: the bundle is corrupt")]
+    #[error("`{}` does not match the SHA-256 the bundle's index gives for it: the bundle is corrupt", escaped(.0))]
     Corrupt(String),
-    #[error("model `{model}`: `{file}` has SHA-256 {actual}, but {MANIFEST} says {expected}")]
+    #[error("model `{model}`: `{}` has SHA-256 {actual}, but {MANIFEST} says {expected}", escaped(.file))]
     ModelDigest { model: String, file: String, expected: Sha256, actual: Sha256 },
-    #[error("the bundle's signature ({SIGNATURE}) is invalid: {0}")]
+    #[error("the bundle's signature ({SIGNATURE}) is invalid: {}", escaped(.0))]
     Signature(String),
     #[error("the bundle is not signed, but a signature by a trusted key is required")]
     Unsigned,

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mantle::deploy::Outcome;
+use mantle::server::admin::TenantSummary;
 use mantle::store::Deployment;
 use serde::de::DeserializeOwned;
 use std::io::IsTerminal;
@@ -170,8 +171,27 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
             let listed = answer::<Vec<Deployment>>(
                 agent.get(admin(node, "deployments")).header("authorization", &bearer).call(),
             );
+            // A node from before the tenants listing answers 404: it is
+            // shown without its tenants' ceilings.
+            let tenants =
+                answer::<Vec<TenantSummary>>(agent.get(admin(node, "tenants")).header("authorization", &bearer).call())
+                    .unwrap_or_default();
             let lines = listed.map(|deployments| {
                 let mut lines = String::new();
+                for t in &tenants {
+                    let l = &t.limits;
+                    lines.push_str(&format!(
+                        "\n  tenant {}  modules up to {} MiB and {} ms; {} requests at once, {} queued; \
+                         {} guest instances; bodies up to {} bytes",
+                        t.id,
+                        l.max_memory_mib,
+                        l.max_deadline_ms,
+                        l.max_concurrent,
+                        l.max_queued,
+                        t.max_instances,
+                        l.max_body_bytes
+                    ));
+                }
                 for d in &deployments {
                     let versions: Vec<&str> = d.versions.iter().map(|v| v.version.as_str()).collect();
                     let active = d.active.as_deref().unwrap_or("none");
@@ -182,7 +202,10 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
                         versions.join(", ")
                     ));
                 }
-                if deployments.is_empty() { "no deployments".to_owned() } else { lines }
+                if deployments.is_empty() {
+                    lines.push_str("\n  no deployments");
+                }
+                lines
             });
             (node.clone(), lines)
         })

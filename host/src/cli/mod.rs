@@ -2,6 +2,7 @@
 //! lives in its own module and reaches the runtime only through the library.
 
 mod bundle;
+mod compile_guest;
 mod demo;
 mod deploy;
 mod key;
@@ -10,6 +11,7 @@ mod run;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use mantle::untrusted::escaped_keeping_lines;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -57,6 +59,9 @@ enum Command {
     Deploy(deploy::DeployArgs),
     Status(deploy::StatusArgs),
     Rollback(deploy::RollbackArgs),
+    /// The child process a node compiles a guest in (stdin to stdout).
+    #[command(name = "compile-guest", hide = true)]
+    CompileGuest,
 }
 
 /// How a command failed, and so which exit code it ends with.
@@ -75,6 +80,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompileGuest = cli.command {
+        return compile_guest::run();
+    }
     // A node logs each request; a one-off command logs only problems.
     init_logging(match cli.command {
         Command::Serve(_) => "warn,mantle=info",
@@ -98,16 +106,21 @@ pub fn main() -> ExitCode {
             Command::Deploy(args) => tokio::task::block_in_place(|| deploy::deploy(args)),
             Command::Status(args) => tokio::task::block_in_place(|| deploy::status(args)),
             Command::Rollback(args) => tokio::task::block_in_place(|| deploy::rollback(args)),
+            Command::CompileGuest => Ok(()),
         }
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // What came from a guest, a bundle or a model is escaped where it
+        // enters a message; escaping again here keeps anything missed from
+        // moving the terminal, while a message meant to span lines (a
+        // parser's report) keeps its lines.
         Err(Failure::Guest(message)) => {
-            eprintln!("error: {message}");
+            eprintln!("error: {}", escaped_keeping_lines(&message));
             ExitCode::from(1)
         }
         Err(Failure::Setup(error)) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", escaped_keeping_lines(&format!("{error:#}")));
             ExitCode::from(3)
         }
     }
@@ -121,6 +134,18 @@ fn init_logging(default_filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// A node's compiler: a child process of this program, with the node's
+/// default limits on memory and time.
+pub(crate) fn isolated_compiler() -> anyhow::Result<mantle::runtime::IsolatedCompiler> {
+    use anyhow::Context;
+    let defaults = mantle::config::NodeSettings::default();
+    mantle::runtime::IsolatedCompiler::current_exe(
+        defaults.compile_memory_mib << 20,
+        std::time::Duration::from_millis(defaults.compile_timeout_ms),
+    )
+    .context("cannot find the mantle executable to compile guests with")
 }
 
 /// Parses `KEY=VALUE` for repeated options.

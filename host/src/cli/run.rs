@@ -7,6 +7,7 @@ use mantle::bundle::{Bundle, keys};
 use mantle::models::{LoadOptions, Model, ModelRegistry};
 use mantle::node::{HeldModel, module_grants};
 use mantle::runtime::{ModuleLimits, ModuleSpec, Request, Runtime, RuntimeConfig};
+use mantle::untrusted::escaped;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -79,8 +80,13 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         (None, None) => return Err(anyhow::anyhow!("give a module or --bundle").into()),
     };
     let body = read_input(&args.input)?;
-    let runtime = Runtime::new(&RuntimeConfig { max_instances: 4, inference_threads: None })?;
-    let module = runtime.load_module(spec, &wasm).with_context(|| format!("cannot load {source}"))?;
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_instances: 4,
+        compiler: Some(super::isolated_compiler()?),
+        ..RuntimeConfig::default()
+    })?;
+    let module = tokio::task::block_in_place(|| runtime.load_module(spec, &wasm))
+        .with_context(|| format!("cannot load {source}"))?;
     let request = Request {
         method: args.method,
         path: args.path,
@@ -94,10 +100,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::Guest(format!("{e} (status {})", e.status())))?;
     if !(200..300).contains(&response.status) {
+        // The body is the guest's: it reaches the terminal escaped.
         return Err(Failure::Guest(format!(
             "the guest answered {}: {}",
             response.status,
-            String::from_utf8_lossy(&response.body)
+            escaped(&String::from_utf8_lossy(&response.body))
         )));
     }
     write_output(&args.output, &response.body)?;

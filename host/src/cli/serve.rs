@@ -56,10 +56,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let trusted = config.as_ref().map_or(&[][..], |c| &c.node.trusted_signers);
     let deployments = tokio::task::block_in_place(|| Deployments::open(&data_dir, trusted))
         .with_context(|| format!("cannot open the node store in {}", data_dir.display()))?;
+    // Guests are compiled in child processes of this program, within the
+    // node's compile limits.
+    let program = std::env::current_exe().context("cannot find the mantle executable to compile guests with")?;
     let node = tokio::task::block_in_place(|| match (&config, &args.config) {
-        (Some(config), Some(path)) => Node::build(config, deployments.compiled_dir())
+        (Some(config), Some(path)) => Node::build(config, deployments.compiled_dir(), Some(&program))
             .with_context(|| format!("cannot set up the node from {}", path.display())),
-        _ => Node::examples(&args.models_dir, deployments.compiled_dir()).context("cannot set up the bundled examples"),
+        _ => Node::examples(&args.models_dir, deployments.compiled_dir(), Some(&program))
+            .context("cannot set up the bundled examples"),
     })?;
     let restored = tokio::task::block_in_place(|| deployments.restore(&node))
         .with_context(|| format!("cannot read the deployments in {}", data_dir.display()))?;

@@ -12,6 +12,7 @@ mod tensor;
 pub use pool::{InferencePool, PoolError};
 pub use tensor::{ElementType, HostTensor};
 
+use crate::untrusted::escaped;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,20 +27,22 @@ use tract_onnx::tract_hir::infer::GenericFactoid;
 pub enum LoadError {
     #[error("cannot read model `{name}` from {}", path.display())]
     Read { name: String, path: PathBuf, source: std::io::Error },
-    #[error("cannot load model `{name}` from {}: {message}", path.display())]
+    /// The message is tract's, and may quote names from the model file.
+    #[error("cannot load model `{name}` from {}: {}", path.display(), escaped(.message))]
     Parse { name: String, path: PathBuf, message: String },
-    #[error("model `{name}`: {message}")]
+    #[error("model `{name}`: {}", escaped(.message))]
     Unsupported { name: String, message: String },
 }
 
 /// Why a run did not produce outputs.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RunError {
-    /// The inputs do not fit the model: names, types or shapes.
-    #[error("{0}")]
+    /// The inputs do not fit the model: names, types or shapes. The
+    /// message quotes the names the caller gave.
+    #[error("{}", escaped(.0))]
     InvalidInput(String),
     /// tract failed while computing.
-    #[error("model `{model}` failed: {message}")]
+    #[error("model `{model}` failed: {}", escaped(.message))]
     Failed { model: String, message: String },
 }
 

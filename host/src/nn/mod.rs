@@ -5,7 +5,8 @@
 //!
 //! A guest never names a file and never reaches a model it was not granted.
 
-use crate::models::{ElementType, HostTensor, InferencePool, Model, RunError};
+use crate::models::{ElementType, HostTensor, InferencePool, Model, PoolError, RunError};
+use crate::runtime::GuestLimiter;
 use crate::runtime::bindings::wasi::nn::errors::{self, ErrorCode};
 use crate::runtime::bindings::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use crate::runtime::bindings::wasi::nn::inference::{self, NamedTensor};
@@ -62,18 +63,22 @@ pub struct NnError {
 pub(crate) struct NnCtx {
     grants: Arc<Grants>,
     pool: Arc<InferencePool>,
+    /// Whom the request's inferences are queued for in the pool.
+    tenant: Arc<str>,
+    /// When the request ends: inferences still queued then are dropped.
+    deadline: Instant,
     /// Each model computation of this request: the model and its time.
     pub(crate) inferences: Vec<(Arc<Model>, Duration)>,
-    /// Bytes of tensor data the host holds for this request. Tensors live in
-    /// host memory, outside the guest's memory limit, so they get a budget
-    /// of their own: as much again as the guest's memory.
-    tensor_bytes: usize,
-    tensor_budget: usize,
+    /// Refused calls logged so far: a guest can make them in a loop.
+    refusals_logged: usize,
 }
 
+/// Refused `wasi:nn` calls logged per request, at debug level.
+const MAX_REFUSALS_LOGGED: usize = 16;
+
 impl NnCtx {
-    pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>, tensor_budget: usize) -> Self {
-        NnCtx { grants, pool, inferences: Vec::new(), tensor_bytes: 0, tensor_budget }
+    pub(crate) fn new(grants: Arc<Grants>, pool: Arc<InferencePool>, tenant: Arc<str>, deadline: Instant) -> Self {
+        NnCtx { grants, pool, tenant, deadline, inferences: Vec::new(), refusals_logged: 0 }
     }
 }
 
@@ -81,39 +86,50 @@ impl NnCtx {
 pub(crate) struct NnView<'a> {
     ctx: &'a mut NnCtx,
     table: &'a mut ResourceTable,
+    /// The request's memory account: tensor data lives in host memory, and
+    /// is charged to it like the guest's own memory.
+    memory: &'a mut GuestLimiter,
 }
 
 impl<'a> NnView<'a> {
-    pub(crate) fn new(ctx: &'a mut NnCtx, table: &'a mut ResourceTable) -> Self {
-        NnView { ctx, table }
+    pub(crate) fn new(ctx: &'a mut NnCtx, table: &'a mut ResourceTable, memory: &'a mut GuestLimiter) -> Self {
+        NnView { ctx, table, memory }
     }
 
-    /// Puts a tensor in the table, counting its data against the budget.
-    /// Past the budget the guest is stopped: the constructor of a `wasi:nn`
-    /// tensor has no way to return an error.
+    /// Puts a tensor in the table, charging its data to the request's
+    /// memory account. Past the limit the guest is stopped: the
+    /// constructor of a `wasi:nn` tensor has no way to return an error.
     fn push_tensor(&mut self, tensor: NnTensor) -> wasmtime::Result<Resource<NnTensor>> {
-        let held = self.ctx.tensor_bytes.saturating_add(tensor.data.len());
-        if held > self.ctx.tensor_budget {
+        let bytes = tensor.data.len();
+        if !self.memory.charge(bytes) {
             wasmtime::bail!(
-                "the guest's wasi:nn tensors would hold {held} bytes, over their budget of {} bytes",
-                self.ctx.tensor_budget
+                "a wasi:nn tensor of {bytes} bytes does not fit in the guest's memory limit of {} bytes",
+                self.memory.limit()
             );
         }
-        let resource = self.table.push(tensor)?;
-        self.ctx.tensor_bytes = held;
-        Ok(resource)
+        match self.table.push(tensor) {
+            Ok(resource) => Ok(resource),
+            Err(full) => {
+                self.memory.release(bytes);
+                Err(full.into())
+            }
+        }
     }
 
-    /// Takes a tensor out of the table, returning its data to the budget.
+    /// Takes a tensor out of the table, returning its data to the account.
     fn take_tensor(&mut self, tensor: Resource<NnTensor>) -> wasmtime::Result<NnTensor> {
         let tensor = self.table.delete(tensor)?;
-        self.ctx.tensor_bytes = self.ctx.tensor_bytes.saturating_sub(tensor.data.len());
+        self.memory.release(tensor.data.len());
         Ok(tensor)
     }
 
     /// Puts `error` in the table for the guest to inspect.
     fn fail<T>(&mut self, code: ErrorCode, message: String) -> wasmtime::Result<Result<T, Resource<NnError>>> {
-        tracing::debug!(?code, %message, "wasi:nn call refused");
+        if self.ctx.refusals_logged < MAX_REFUSALS_LOGGED {
+            self.ctx.refusals_logged += 1;
+            // The message quotes names the guest chose.
+            tracing::debug!(?code, message = %crate::untrusted::escaped(&message), "wasi:nn call refused");
+        }
         Ok(Err(self.table.push(NnError { code, message })?))
     }
 }
@@ -206,7 +222,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             InferencePool::run_here(|| model.run(host_inputs))
         } else {
             let job_model = Arc::clone(&model);
-            self.ctx.pool.run(move || job_model.run(host_inputs)).await
+            let (tenant, deadline) = (Arc::clone(&self.ctx.tenant), self.ctx.deadline);
+            self.ctx.pool.run(tenant, deadline, move || job_model.run(host_inputs)).await
         };
         self.ctx.inferences.push((Arc::clone(&model), started.elapsed()));
         let outputs = match outcome {
@@ -215,8 +232,13 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Ok(Err(failed @ RunError::Failed { .. })) => {
                 return self.fail(ErrorCode::RuntimeError, failed.to_string());
             }
+            Err(PoolError::Expired) => {
+                return self
+                    .fail(ErrorCode::Timeout, format!("model `{}`: the request's deadline passed", model.name()));
+            }
             Err(pool_error) => {
-                tracing::error!(model = model.name(), "inference failed: {pool_error}");
+                let message = pool_error.to_string();
+                tracing::error!(model = model.name(), "inference failed: {}", crate::untrusted::escaped(&message));
                 return self.fail(ErrorCode::RuntimeError, format!("model `{}` failed", model.name()));
             }
         };

@@ -1,9 +1,9 @@
 //! What one request's store holds: WASI, the resource table, the `wasi:nn`
-//! context, the limiter, and who the request is for; and the host side of
-//! the `mantle:edge/context` interface.
+//! context, the limiter, the guest's output, and who the request is for;
+//! and the host side of the `mantle:edge/context` interface.
 
 use super::bindings::mantle::edge::context::{self, LogLevel};
-use super::guest_log::{LogTags, printable};
+use super::guest_output::{GuestOutput, Level, LogTags};
 use super::limits::GuestLimiter;
 use crate::nn::NnCtx;
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ pub(crate) struct GuestState {
     pub(crate) table: ResourceTable,
     pub(crate) nn: NnCtx,
     pub(crate) limiter: GuestLimiter,
+    pub(crate) output: GuestOutput,
     pub(crate) tags: LogTags,
     pub(crate) config: Arc<BTreeMap<String, String>>,
 }
@@ -44,24 +45,14 @@ impl context::Host for GuestState {
     }
 
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
-        const MAX_MESSAGE: usize = 4 << 10;
-        let message = printable(match message.char_indices().nth(MAX_MESSAGE) {
-            Some((cut, _)) => &message[..cut],
-            None => &message,
-        });
-        let LogTags { tenant, module, request_id } = &self.tags;
-        macro_rules! emit {
-            ($level:ident) => {
-                tracing::$level!(target: "mantle::guest", %tenant, %module, %request_id, "{message}")
-            };
-        }
-        match level {
-            LogLevel::Trace => emit!(trace),
-            LogLevel::Debug => emit!(debug),
-            LogLevel::Info => emit!(info),
-            LogLevel::Warn => emit!(warn),
-            LogLevel::Error => emit!(error),
-        }
+        let level = match level {
+            LogLevel::Trace => Level::Trace,
+            LogLevel::Debug => Level::Debug,
+            LogLevel::Info => Level::Info,
+            LogLevel::Warn => Level::Warn,
+            LogLevel::Error => Level::Error,
+        };
+        self.output.log(level, &message);
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 pub fn routes() -> axum::Router<Arc<super::Server>> {
     axum::Router::new()
         .route("/admin/v1/deployments", get(list))
+        .route("/admin/v1/tenants", get(tenants))
         .route("/admin/v1/tenants/{tenant}/deployments", post(upload))
         .route("/admin/v1/tenants/{tenant}/deployments/{name}", axum::routing::delete(delete))
         .route("/admin/v1/tenants/{tenant}/deployments/{name}/activate", post(activate))
@@ -90,7 +91,12 @@ async fn upload(
         let archive = archive.to_bytes();
         let outcome = state.deployments.deploy(&state.node, &tenant, &archive, query.activate).await;
         outcome.map(Json).map_err(|e| {
-            tracing::warn!(%tenant, request = %id.0, "deployment refused: {e}");
+            // The tenant is as the path gave it, and the refusal may quote the
+            // bundle: both are escaped in the log.
+            tracing::warn!(
+                tenant = %crate::untrusted::escaped(&tenant), request = %id.0,
+                "deployment refused: {}", crate::untrusted::escaped(&e.to_string())
+            );
             refused(e)
         })
     };
@@ -100,6 +106,28 @@ async fn upload(
 async fn list(state: Shared, headers: HeaderMap) -> Response {
     let outcome = operator(&state, &headers).and_then(|()| state.deployments.list().map_err(refused));
     outcome.map(Json).into_response()
+}
+
+/// A tenant as the operator sees it: its limits, among them the ceilings
+/// its bundles' modules are held to, and its share of guest instances.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TenantSummary {
+    pub id: String,
+    pub limits: crate::config::TenantLimits,
+    pub max_instances: usize,
+}
+
+async fn tenants(state: Shared, headers: HeaderMap) -> Response {
+    let outcome = operator(&state, &headers).map(|()| {
+        let share = state.node.runtime.instances_per_tenant();
+        let tenants: Vec<TenantSummary> = state
+            .node
+            .tenants()
+            .map(|t| TenantSummary { id: t.id.clone(), limits: t.limits, max_instances: share })
+            .collect();
+        Json(tenants)
+    });
+    outcome.into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -19,9 +19,23 @@ use std::sync::Arc;
 const WITHHELD: [HeaderName; 5] =
     [header::AUTHORIZATION, header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, header::TE];
 
-/// Response headers the node sets itself: a guest's would conflict.
-const NODE_SET: [HeaderName; 4] =
-    [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION, HeaderName::from_static("x-request-id")];
+/// Response headers a guest's answer never carries: those the node sets
+/// itself (a guest's would conflict), and the hop-by-hop headers, which
+/// describe one connection and are the node's to choose. Headers that a
+/// `connection` header names are hop-by-hop as well.
+const NOT_PASSED_ON: [HeaderName; 11] = [
+    header::CONTENT_LENGTH,
+    HeaderName::from_static("x-request-id"),
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 pub async fn call(
     state: Shared,
@@ -89,6 +103,7 @@ async fn handle(
         };
         let (result, usage) = server.node.runtime.handle_metered(&module, request, &id.0).await;
         server.metrics.guest_time(&tenant.id, module.id(), usage.guest_time);
+        server.metrics.guest_output(&tenant.id, usage.output_logged, usage.output_dropped);
         for (model, elapsed) in &usage.inferences {
             server.metrics.inference(&tenant.id, model.name(), *elapsed);
         }
@@ -100,44 +115,72 @@ async fn handle(
     charged(&tenant.id, module.id(), outcome.await.into_response())
 }
 
-/// The guest's answer as an HTTP response; one that HTTP cannot carry is a
-/// failure of the guest.
+/// The guest's answer as an HTTP response. A status outside 200–599 is a
+/// failure of the guest; hop-by-hop headers and headers HTTP cannot carry
+/// are dropped; a 204, 205 or 304 goes without a body.
 fn guest_response(response: GuestResponse, request_id: &str) -> Result<Response, ApiError> {
-    let status = StatusCode::from_u16(response.status).ok().filter(|s| s.as_u16() >= 200).ok_or_else(|| {
-        tracing::warn!(status = response.status, "the guest answered with a status HTTP cannot carry");
-        ApiError::internal(request_id, "the guest answered with an invalid status")
-    })?;
-    let mut answer = Response::new(Body::from(response.body));
+    let status = StatusCode::from_u16(response.status).ok().filter(|s| (200..=599).contains(&s.as_u16()));
+    let Some(status) = status else {
+        tracing::warn!(status = response.status, error_id = %request_id, "the guest answered with a status outside 200-599");
+        return Err(ApiError::internal(request_id, "the guest answered with an invalid status"));
+    };
+    let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT | StatusCode::NOT_MODIFIED);
+    let body = if bodiless { Body::empty() } else { Body::from(response.body) };
+    let mut answer = Response::new(body);
     *answer.status_mut() = status;
+    let named_by_connection: Vec<String> = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
+        .map(|token| String::from_utf8_lossy(token).trim().to_ascii_lowercase())
+        .collect();
+    let mut dropped = 0usize;
     for (name, value) in response.headers {
         let parsed = (HeaderName::try_from(name.as_str()), HeaderValue::from_bytes(&value));
-        match parsed {
-            (Ok(name), Ok(value)) if !NODE_SET.contains(&name) => {
-                answer.headers_mut().append(name, value);
-            }
-            _ => tracing::warn!(header = %name.escape_debug(), "dropped a response header the guest set"),
+        let (Ok(name), Ok(value)) = parsed else {
+            tracing::warn!(header = %crate::untrusted::escaped(&name), "dropped a response header HTTP cannot carry");
+            continue;
+        };
+        if NOT_PASSED_ON.contains(&name) || named_by_connection.iter().any(|n| n == name.as_str()) {
+            dropped += 1;
+            continue;
         }
+        if answer.headers_mut().try_append(name, value).is_err() {
+            return Err(ApiError::internal(request_id, "the guest answered with too many headers"));
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "dropped hop-by-hop or node-set headers from the guest's response");
     }
     Ok(answer)
 }
 
-/// The status and message a failed guest request gets. Traps are logged
-/// in full under the request id and only the id reaches the client.
+/// The status and message a failed guest request gets. Traps and other
+/// failures of the guest are logged in full under the request id, and only
+/// the id reaches the client; everything the guest wrote is escaped in the
+/// log (see `crate::untrusted`).
 fn handle_error(error: HandleError, tenant: &str, module: &str, request_id: &str) -> ApiError {
-    match error {
-        HandleError::Guest(_) | HandleError::Deadline(_) => {
-            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            ApiError::new(status, error.to_string())
-        }
-        HandleError::Instantiate(_) => {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match &error {
+        HandleError::Guest(_) => ApiError::new(status, error.guest_message().unwrap_or_default()),
+        HandleError::Deadline(_) => ApiError::new(status, error.to_string()),
+        HandleError::Busy(_) => {
             tracing::warn!(%tenant, %module, "cannot start a guest instance: {error}");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the node is at its limit of guest instances").retry_after(1)
+            ApiError::new(status, error.to_string()).retry_after(1)
         }
-        HandleError::MemoryLimit { .. } | HandleError::Trap(_) | HandleError::ResponseTooLarge { .. } => {
+        HandleError::MemoryLimit { .. }
+        | HandleError::Trap(_)
+        | HandleError::Start(_)
+        | HandleError::ResponseTooLarge { .. }
+        | HandleError::HeadersTooLarge { .. } => {
             tracing::error!(%tenant, %module, error_id = %request_id, "guest failed: {error}");
             let what = match error {
                 HandleError::MemoryLimit { .. } => "the guest ran out of memory",
-                HandleError::ResponseTooLarge { .. } => "the guest's response is larger than the node passes on",
+                HandleError::ResponseTooLarge { .. } | HandleError::HeadersTooLarge { .. } => {
+                    "the guest's response is larger than the node passes on"
+                }
+                HandleError::Start(_) => "the guest could not start",
                 _ => "the guest crashed",
             };
             ApiError::internal(request_id, what)

@@ -51,6 +51,8 @@ pub struct NodeMetrics {
     inference_seconds: Family<ModelLabels, Histogram>,
     received_bytes: Family<TenantLabels, Counter>,
     sent_bytes: Family<TenantLabels, Counter>,
+    output_logged: Family<TenantLabels, Counter>,
+    output_dropped: Family<TenantLabels, Counter>,
     live_instances: Gauge,
     running: Family<TenantLabels, Gauge>,
     queued: Family<TenantLabels, Gauge>,
@@ -72,6 +74,8 @@ impl NodeMetrics {
             inference_seconds: Family::new_with_constructor(duration_histogram),
             received_bytes: Family::default(),
             sent_bytes: Family::default(),
+            output_logged: Family::default(),
+            output_dropped: Family::default(),
             live_instances: Gauge::default(),
             running: Family::default(),
             queued: Family::default(),
@@ -95,6 +99,16 @@ impl NodeMetrics {
         );
         registry.register("received_bytes", "Request body bytes received, by tenant", metrics.received_bytes.clone());
         registry.register("sent_bytes", "Response body bytes sent, by tenant", metrics.sent_bytes.clone());
+        registry.register(
+            "guest_output_logged_bytes",
+            "Bytes of guest output (stdout, stderr, context.log) written to the node log, by tenant",
+            metrics.output_logged.clone(),
+        );
+        registry.register(
+            "guest_output_dropped_bytes",
+            "Bytes of guest output dropped past the request's or the tenant's budget, by tenant",
+            metrics.output_dropped.clone(),
+        );
         registry.register("live_instances", "Guest instances running now", metrics.live_instances.clone());
         registry.register("running_requests", "Requests running now, by tenant", metrics.running.clone());
         registry.register("queued_requests", "Requests waiting for a turn, by tenant", metrics.queued.clone());
@@ -123,6 +137,12 @@ impl NodeMetrics {
     pub fn guest_time(&self, tenant: &str, module: &str, elapsed: Duration) {
         let route = RouteLabels { tenant: tenant.to_owned(), module: module.to_owned() };
         self.guest_seconds.get_or_create(&route).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn guest_output(&self, tenant: &str, logged: u64, dropped: u64) {
+        let labels = TenantLabels { tenant: tenant.to_owned() };
+        self.output_logged.get_or_create(&labels).inc_by(logged);
+        self.output_dropped.get_or_create(&labels).inc_by(dropped);
     }
 
     pub fn inference(&self, tenant: &str, model: &str, elapsed: Duration) {

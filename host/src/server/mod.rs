@@ -4,7 +4,7 @@
 //! to its tenant, and tagged with a request id; guests and models run only
 //! through the `Runtime`.
 
-mod admin;
+pub mod admin;
 mod admission;
 pub mod auth;
 mod error;

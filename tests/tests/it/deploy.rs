@@ -498,3 +498,91 @@ fn a_blob_damaged_on_disk_is_refused_at_start_while_other_deployments_serve() {
         "the log names the deployment and the damage: {log}"
     );
 }
+
+/// Uploads the packed `bundle` for `tenant` through the admin API.
+fn upload_for(node: &ServedNode, tenant: &str, bundle: &[u8]) -> mantle_tests::served::Reply {
+    node.send_with(
+        "POST",
+        &format!("/admin/v1/tenants/{tenant}/deployments"),
+        Some(OPERATOR_TOKEN),
+        &[("content-type", "application/octet-stream")],
+        bundle,
+    )
+}
+
+#[test]
+fn a_tenants_ceilings_bound_what_its_bundles_ask_for_and_status_shows_them() {
+    const SMALL_KEY: &str = "mk_small_0123456789abcdef";
+    let config = format!(
+        "{}\n[[tenant]]\nid = \"roomy\"\nkey_sha256 = [\"{}\"]\nlimits = {{ max_memory_mib = 1024, max_deadline_ms = 60000 }}\n\n\
+         [[tenant]]\nid = \"small\"\nkey_sha256 = [\"{}\"]\nlimits = {{ max_memory_mib = 64 }}\n",
+        node_config(&[]),
+        key_sha256("mk_roomy_0123456789abcdef"),
+        key_sha256(SMALL_KEY),
+    );
+    let node = ServedNode::with_config(&config);
+    let echo = std::fs::read(programs::ECHO).expect("the echo guest");
+    let asking =
+        |limits: &str| mantle_tests::served::bundle_of("greedy", "greedy", &echo, &format!("limits = {limits}"));
+
+    for (limits, refusal) in [
+        ("{ memory_mib = 4096 }", "it asks for memory_mib = 4096, over the tenant's max_memory_mib of 256"),
+        (
+            "{ deadline_ms = 86400000 }",
+            "it asks for deadline_ms = 86400000, over the tenant's max_deadline_ms of 10000",
+        ),
+    ] {
+        let refused = upload_for(&node, "acme", &asking(limits));
+        assert_eq!(refused.status, 422, "{limits}: {}", refused.text());
+        assert!(refused.error().contains(refusal), "{limits}: {}", refused.error());
+    }
+    let listed = node.get("/admin/v1/deployments", Some(OPERATOR_TOKEN)).json();
+    assert_eq!(listed, serde_json::json!([]), "a refused bundle is not stored");
+
+    // A tenant the operator gave more may ask for it.
+    let roomy = upload_for(&node, "roomy", &asking("{ memory_mib = 1024, deadline_ms = 60000 }"));
+    assert_eq!(roomy.status, 200, "{}", roomy.text());
+
+    // What a bundle leaves out is the default, lowered to the ceiling: 64 MiB.
+    let hostile = std::fs::read(programs::HOSTILE).expect("the hostile guest");
+    let small = upload_for(&node, "small", &mantle_tests::served::bundle_of("hoard", "hoard", &hostile, ""));
+    assert_eq!(small.status, 200, "{}", small.text());
+    assert_eq!(node.post("/t/small/hoard?tensors=32", Some(SMALL_KEY), b"").status, 200);
+    let over = node.post("/t/small/hoard?tensors=80", Some(SMALL_KEY), b"");
+    assert_eq!(over.status, 500, "{}", over.text());
+    assert!(over.error().contains("ran out of memory"), "{}", over.error());
+
+    let status = mantle(&["status", "--node", node.base(), "--token", OPERATOR_TOKEN]);
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    for line in [
+        "tenant acme  modules up to 256 MiB and 10000 ms",
+        "tenant roomy  modules up to 1024 MiB and 60000 ms",
+        "tenant small  modules up to 64 MiB and 10000 ms",
+    ] {
+        assert!(shown.contains(line), "`{line}` in: {shown}");
+    }
+}
+
+#[test]
+fn a_bundle_whose_module_can_never_start_is_refused_and_the_active_version_serves() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let node = ServedNode::with_config(&node_config(&[]));
+    let v1 = pack(&greeter(root.path(), "1"), None);
+    assert_eq!(deploy(&node, &v1).code, Some(0));
+    assert_eq!(greeting(&node), "version 1");
+
+    let crafted = mantle_tests::crafted::Crafted::new();
+    for (what, crafted) in [
+        ("a start function that traps", crafted.clone().main("(func $start unreachable) (start $start)")),
+        ("a data segment past its memory", crafted.clone().main(r#"(data (i32.const 5000000) "x")"#)),
+        ("a memory over its limit", mantle_tests::crafted::Crafted { main_pages: 8192, ..crafted.clone() }),
+    ] {
+        let manifest_extra = "";
+        let bundle = mantle_tests::served::bundle_of("greeter", "greet", &crafted.build(), manifest_extra);
+        let refused = upload_for(&node, "acme", &bundle);
+        assert_eq!(refused.status, 422, "{what}: {}", refused.text());
+        assert!(refused.error().contains("module `greet` cannot start"), "{what}: {}", refused.error());
+        assert_eq!(greeting(&node), "version 1", "{what}: the active version still serves");
+    }
+}

@@ -6,6 +6,7 @@ mod bundle;
 mod cli;
 mod deploy;
 mod hostile;
+mod hostile_node;
 mod image_classify;
 mod isolation;
 mod ocr;

@@ -163,13 +163,13 @@ async fn infer(
         let (request, inputs) = wire::parse_request(&body, header_length).map_err(ApiError::bad_request)?;
         let deadline = Duration::from_millis(tenant.limits.infer_deadline_ms);
         let started = Instant::now();
-        let outputs = state.node.runtime.infer(&held.model, inputs, deadline).await;
+        let outputs = state.node.runtime.infer(&tenant.id, &held.model, inputs, deadline).await;
         state.metrics.inference(&tenant.id, held.model.name(), started.elapsed());
         let outputs = outputs.map_err(|e| match e {
             InferError::InvalidInput(message) => ApiError::bad_request(message),
             InferError::Deadline(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
             InferError::Failed(message) => {
-                tracing::error!(model = %held.name, error_id = %id.0, "inference failed: {message}");
+                tracing::error!(model = %held.name, error_id = %id.0, "inference failed: {}", crate::untrusted::escaped(&message));
                 ApiError::internal(&id.0, "the model failed")
             }
         })?;
