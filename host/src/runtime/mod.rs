@@ -531,8 +531,8 @@ impl Runtime {
         let mut store = self.new_store(module, tags);
         let started = Instant::now();
         let run = async {
-            let guest: Guest = module.pre.instantiate_async(&mut store).await.map_err(Err)?;
-            guest.mantle_edge_handler().call_handle(&mut store, &request).await.map_err(Ok)
+            let guest: Guest = module.pre.instantiate_async(&mut store).await.map_err(Failed::Starting)?;
+            guest.mantle_edge_handler().call_handle(&mut store, &request).await.map_err(Failed::Running)
         };
         // The epoch callback stops a guest that computes; this timeout also
         // stops one that waits on the host (sleeping, or a long inference).
@@ -551,8 +551,8 @@ impl Runtime {
         );
         let result = match outcome {
             Err(_elapsed) => Err(HandleError::Deadline(limits.deadline)),
-            Ok(Err(Err(instantiate))) => Err(instantiation_failure(&instantiate, store.data(), &limits)),
-            Ok(Err(Ok(trap))) => Err(classify_trap(&trap, store.data(), &limits, usage.guest_time)),
+            Ok(Err(Failed::Starting(error))) => Err(instantiation_failure(&error, store.data(), &limits)),
+            Ok(Err(Failed::Running(trap))) => Err(classify_trap(&trap, store.data(), &limits, usage.guest_time)),
             Ok(Ok(Ok(response))) => checked_response(response),
             Ok(Ok(Err(guest_error))) => Err(HandleError::Guest(guest_error)),
         };
@@ -632,6 +632,12 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticking.store(false, Ordering::Relaxed);
     }
+}
+
+/// Where a guest instance failed: as it was made, or in its handler.
+enum Failed {
+    Starting(wasmtime::Error),
+    Running(wasmtime::Error),
 }
 
 /// The guest's response if it is within the node's limits: the header

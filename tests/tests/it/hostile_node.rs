@@ -95,13 +95,20 @@ fn forged_lines(log: &str) -> Vec<&str> {
     log.lines().filter(|line| line.starts_with(FORGED_LINE) || line.contains('\u{1b}')).collect()
 }
 
+/// Writes into `dir` a component whose handler traps in a function named
+/// with a line break, a forged log line and a terminal escape.
+fn write_named_trap(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("named-trap.wasm");
+    let name = format!("evil\\n{FORGED_LINE} \\1b[2K");
+    let crafted = Crafted::new().main(&format!("(func $t (@name \"{name}\") unreachable)")).calling("$t");
+    std::fs::write(&path, crafted.build()).expect("write the component");
+    path
+}
+
 #[test]
 fn what_a_guest_writes_or_names_reaches_the_log_escaped() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let named_trap = dir.path().join("named-trap.wasm");
-    let name = format!("evil\\n{FORGED_LINE} \\1b[2K");
-    let crafted = Crafted::new().main(&format!("(func $t (@name \"{name}\") unreachable)")).calling("$t");
-    std::fs::write(&named_trap, crafted.build()).expect("write the component");
+    let named_trap = write_named_trap(dir.path());
     let trap_module = format!("[[tenant.module]]\nid = \"named-trap\"\npath = '{}'\n\n", named_trap.display());
     let served = ServedNode::with_config(&hostile_and_neighbour(&trap_module));
 
@@ -131,10 +138,7 @@ fn what_a_guest_writes_or_names_reaches_the_log_escaped() {
 #[test]
 fn what_a_guest_writes_or_names_reaches_the_terminal_escaped_offline() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let named_trap = dir.path().join("named-trap.wasm");
-    let name = format!("evil\\n{FORGED_LINE} \\1b[2K");
-    let crafted = Crafted::new().main(&format!("(func $t (@name \"{name}\") unreachable)")).calling("$t");
-    std::fs::write(&named_trap, crafted.build()).expect("write the component");
+    let named_trap = write_named_trap(dir.path());
     let limit = Duration::from_secs(120);
     for args in [
         vec![programs::HOSTILE, "--path", "/forge"],
