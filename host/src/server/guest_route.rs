@@ -14,18 +14,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-/// Request headers a guest never sees: the tenant's key, and those that
-/// describe the connection rather than the request.
-const WITHHELD: [HeaderName; 5] =
-    [header::AUTHORIZATION, header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, header::TE];
-
-/// Response headers a guest's answer never carries: those the node sets
-/// itself (a guest's would conflict), and the hop-by-hop headers, which
-/// describe one connection and are the node's to choose. Headers that a
+/// The hop-by-hop headers: they describe one connection, not the message,
+/// and are never passed on, in either direction. Headers that a message's
 /// `connection` header names are hop-by-hop as well.
-const NOT_PASSED_ON: [HeaderName; 11] = [
-    header::CONTENT_LENGTH,
-    HeaderName::from_static("x-request-id"),
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -36,6 +28,31 @@ const NOT_PASSED_ON: [HeaderName; 11] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Request headers a guest never sees besides the hop-by-hop ones: the
+/// tenant's key.
+const WITHHELD: [HeaderName; 1] = [header::AUTHORIZATION];
+
+/// Response headers a guest's answer never carries besides the hop-by-hop
+/// ones: those the node sets itself, which a guest's would conflict with.
+const NODE_SET: [HeaderName; 2] = [header::CONTENT_LENGTH, HeaderName::from_static("x-request-id")];
+
+/// The header names the `connection` headers among `headers` list, in
+/// lower case.
+fn named_by_connection<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<String> {
+    headers
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
+        .map(|token| String::from_utf8_lossy(token).trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+/// Whether a header called `name` is hop-by-hop in a message whose
+/// `connection` headers name `named`.
+fn hop_by_hop(name: &HeaderName, named: &[String]) -> bool {
+    HOP_BY_HOP.contains(name) || named.iter().any(|n| n == name.as_str())
+}
 
 pub async fn call(
     state: Shared,
@@ -90,13 +107,14 @@ async fn handle(
     };
     let outcome = async {
         let (_turn, body) = server.admit(&tenant, body, &headers, &id.0).await?;
+        let named = named_by_connection(headers.iter().map(|(name, value)| (name.as_str(), value.as_bytes())));
         let request = GuestRequest {
             method: method.as_str().to_owned(),
             path: format!("/{rest}"),
             query: uri.query().unwrap_or_default().to_owned(),
             headers: headers
                 .iter()
-                .filter(|(name, _)| !WITHHELD.contains(name))
+                .filter(|(name, _)| !WITHHELD.contains(name) && !hop_by_hop(name, &named))
                 .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
                 .collect(),
             body: body.into(),
@@ -128,30 +146,31 @@ fn guest_response(response: GuestResponse, request_id: &str) -> Result<Response,
     let body = if bodiless { Body::empty() } else { Body::from(response.body) };
     let mut answer = Response::new(body);
     *answer.status_mut() = status;
-    let named_by_connection: Vec<String> = response
-        .headers
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, value)| value.split(|&b| b == b','))
-        .map(|token| String::from_utf8_lossy(token).trim().to_ascii_lowercase())
-        .collect();
-    let mut dropped = 0usize;
+    let named = named_by_connection(response.headers.iter().map(|(name, value)| (name.as_str(), value.as_slice())));
+    let (mut not_passed_on, mut unusable) = (0usize, Vec::new());
     for (name, value) in response.headers {
         let parsed = (HeaderName::try_from(name.as_str()), HeaderValue::from_bytes(&value));
-        let (Ok(name), Ok(value)) = parsed else {
-            tracing::warn!(header = %crate::untrusted::escaped(&name), "dropped a response header HTTP cannot carry");
+        let (Ok(header), Ok(value)) = parsed else {
+            unusable.push(name);
             continue;
         };
-        if NOT_PASSED_ON.contains(&name) || named_by_connection.iter().any(|n| n == name.as_str()) {
-            dropped += 1;
+        if NODE_SET.contains(&header) || hop_by_hop(&header, &named) {
+            not_passed_on += 1;
             continue;
         }
-        if answer.headers_mut().try_append(name, value).is_err() {
+        if answer.headers_mut().try_append(header, value).is_err() {
             return Err(ApiError::internal(request_id, "the guest answered with too many headers"));
         }
     }
-    if dropped > 0 {
-        tracing::debug!(dropped, "dropped hop-by-hop or node-set headers from the guest's response");
+    // One line, however many: a guest could send thousands.
+    if let Some(first) = unusable.first() {
+        tracing::warn!(
+            count = unusable.len(), first = %crate::untrusted::escaped(first),
+            "dropped response headers the guest set that HTTP cannot carry"
+        );
+    }
+    if not_passed_on > 0 {
+        tracing::debug!(not_passed_on, "dropped hop-by-hop or node-set headers from the guest's response");
     }
     Ok(answer)
 }

@@ -95,7 +95,14 @@ fn a_guest_route_passes_the_request_through_and_tags_it() {
         "PUT",
         "/t/alpha/echo/photos/42?size=large&lang=en",
         Some(ALPHA_KEY),
-        &[("x-camera", "north-gate"), ("x-request-id", "trace-7")],
+        &[
+            ("x-camera", "north-gate"),
+            ("x-request-id", "trace-7"),
+            ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
+            ("keep-alive", "timeout=5"),
+            ("connection", "x-hop"),
+            ("x-hop", "for the next hop only"),
+        ],
         b"twelve bytes",
     );
     assert_status(&reply, 200, "echo");
@@ -109,6 +116,9 @@ fn a_guest_route_passes_the_request_through_and_tags_it() {
     let header = |name: &str| headers.iter().find(|h| h[0] == name).map(|h| h[1].clone());
     assert_eq!(header("x-camera"), Some("north-gate".into()));
     assert_eq!(header("authorization"), None, "the tenant's key never reaches the guest");
+    for hop in ["proxy-authorization", "keep-alive", "connection", "x-hop"] {
+        assert_eq!(header(hop), None, "the hop-by-hop `{hop}` reached the guest");
+    }
     // The caller's request id is the one the guest and the logs see.
     assert_eq!(seen["request_id"], "trace-7");
     assert_eq!(reply.header("x-request-id"), Some("trace-7"));
