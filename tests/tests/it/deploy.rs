@@ -499,6 +499,23 @@ fn a_blob_damaged_on_disk_is_refused_at_start_while_other_deployments_serve() {
     );
 }
 
+const NEIGHBOUR_KEY: &str = "mk_neighbour_0123456789ab";
+
+/// `config` with one more tenant, `neighbour`, serving the echo guest.
+fn with_neighbour(config: &str) -> String {
+    format!(
+        "{config}\n[[tenant]]\nid = \"neighbour\"\nkey_sha256 = [\"{}\"]\n\n[[tenant.module]]\nid = \"echo\"\npath = '{}'\n",
+        key_sha256(NEIGHBOUR_KEY),
+        programs::ECHO
+    )
+}
+
+fn neighbour_is_served(node: &ServedNode) {
+    let reply = node.post("/t/neighbour/echo", Some(NEIGHBOUR_KEY), b"still here");
+    assert_eq!(reply.status, 200, "the neighbour: {}", reply.text());
+    assert_eq!(reply.json()["tenant"], "neighbour");
+}
+
 /// Uploads the packed `bundle` for `tenant` through the admin API.
 fn upload_for(node: &ServedNode, tenant: &str, bundle: &[u8]) -> mantle_tests::served::Reply {
     node.send_with(
@@ -520,7 +537,7 @@ fn a_tenants_ceilings_bound_what_its_bundles_ask_for_and_status_shows_them() {
         key_sha256("mk_roomy_0123456789abcdef"),
         key_sha256(SMALL_KEY),
     );
-    let node = ServedNode::with_config(&config);
+    let node = ServedNode::with_config(&with_neighbour(&config));
     let echo = std::fs::read(programs::ECHO).expect("the echo guest");
     let asking =
         |limits: &str| mantle_tests::served::bundle_of("greedy", "greedy", &echo, &format!("limits = {limits}"));
@@ -535,6 +552,7 @@ fn a_tenants_ceilings_bound_what_its_bundles_ask_for_and_status_shows_them() {
         let refused = upload_for(&node, "acme", &asking(limits));
         assert_eq!(refused.status, 422, "{limits}: {}", refused.text());
         assert!(refused.error().contains(refusal), "{limits}: {}", refused.error());
+        neighbour_is_served(&node);
     }
     let listed = node.get("/admin/v1/deployments", Some(OPERATOR_TOKEN)).json();
     assert_eq!(listed, serde_json::json!([]), "a refused bundle is not stored");
@@ -567,7 +585,7 @@ fn a_tenants_ceilings_bound_what_its_bundles_ask_for_and_status_shows_them() {
 #[test]
 fn a_bundle_whose_module_can_never_start_is_refused_and_the_active_version_serves() {
     let root = tempfile::tempdir().expect("a temp dir");
-    let node = ServedNode::with_config(&node_config(&[]));
+    let node = ServedNode::with_config(&with_neighbour(&node_config(&[])));
     let v1 = pack(&greeter(root.path(), "1"), None);
     assert_eq!(deploy(&node, &v1).code, Some(0));
     assert_eq!(greeting(&node), "version 1");
@@ -584,5 +602,6 @@ fn a_bundle_whose_module_can_never_start_is_refused_and_the_active_version_serve
         assert_eq!(refused.status, 422, "{what}: {}", refused.text());
         assert!(refused.error().contains("module `greet` cannot start"), "{what}: {}", refused.error());
         assert_eq!(greeting(&node), "version 1", "{what}: the active version still serves");
+        neighbour_is_served(&node);
     }
 }

@@ -145,9 +145,16 @@ fn load(crafted: &Crafted, limits: ModuleLimits) -> Result<mantle::runtime::Gues
     node().load(&crafted.build(), "crafted", "tenant-a", limits)
 }
 
-fn refusal(crafted: &Crafted, limits: ModuleLimits) -> String {
-    match load(crafted, limits) {
-        Ok(_) => panic!("the crafted component was loaded"),
+/// Loads `crafted` on a thread of its own while another tenant's request
+/// is served, which must get its answer; returns why the load was refused.
+async fn refusal(crafted: &Crafted, limits: ModuleLimits) -> String {
+    let wasm = crafted.build();
+    let loading = tokio::task::spawn_blocking(move || node().load(&wasm, "crafted", "tenant-a", limits).map(drop));
+    let echo = node().program(programs::ECHO, "tenant-b", &[], ModuleLimits::default());
+    let (loaded, neighbour) = tokio::join!(loading, node().call_json(&echo, post(b"still here".to_vec())));
+    assert_eq!(neighbour["tenant"], "tenant-b");
+    match loaded.expect("the loading thread") {
+        Ok(()) => panic!("the crafted component was loaded"),
         Err(error) => error.to_string(),
     }
 }
@@ -168,16 +175,16 @@ async fn a_component_with_more_instances_memories_or_tables_than_the_caps_is_ref
     let at_cap = load(&Crafted::new().memories(memories - 1, 1), limits).expect("at the cap");
     let answer = node().call(&at_cap, post(Vec::new())).await.expect("it answers");
     assert_eq!(answer.status, 200);
-    let over = refusal(&Crafted::new().memories(memories, 1), limits);
+    let over = refusal(&Crafted::new().memories(memories, 1), limits).await;
     assert!(over.contains("needs more than one guest instance may have"), "{over}");
     assert!(over.contains("linear memories") && over.contains(&format!("maximum of {memories}")), "{over}");
 
     let instances = MAX_CORE_INSTANCES_PER_COMPONENT as usize;
-    let over = refusal(&Crafted::new().core_instances(instances), limits);
+    let over = refusal(&Crafted::new().core_instances(instances), limits).await;
     assert!(over.contains("core module instances") && over.contains(&format!("maximum of {instances}")), "{over}");
 
     let tables = MAX_TABLES_PER_COMPONENT as usize;
-    let over = refusal(&Crafted::new().tables(tables + 1), limits);
+    let over = refusal(&Crafted::new().tables(tables + 1), limits).await;
     assert!(over.contains("tables") && over.contains(&format!("maximum of {tables}")), "{over}");
 }
 
@@ -189,28 +196,28 @@ async fn every_memory_of_an_instance_draws_on_one_limit() {
     let answer = node().call(&load(&one_big, limits).expect("one memory fits"), post(Vec::new())).await;
     assert_eq!(answer.expect("it answers").status, 200);
     let two_big = Crafted { main_pages: 600, ..Crafted::new() }.memories(1, 600);
-    let refused = refusal(&two_big, limits);
+    let refused = refusal(&two_big, limits).await;
     assert!(refused.contains("cannot start") && refused.contains("past its limit of 67108864 bytes"), "{refused}");
 }
 
-#[test]
-fn a_module_that_can_never_start_is_refused_when_loaded() {
+#[tokio::test]
+async fn a_module_that_can_never_start_is_refused_when_loaded() {
     let limits = ModuleLimits { deadline: Duration::from_millis(300), ..ModuleLimits::default() };
     let start_traps = Crafted::new().main("(func $start unreachable) (start $start)");
-    let refused = refusal(&start_traps, limits);
+    let refused = refusal(&start_traps, limits).await;
     assert!(refused.contains("cannot start") && refused.contains("unreachable"), "{refused}");
 
     let data_past_memory = Crafted::new().main(r#"(data (i32.const 1000000) "past the end")"#);
-    let refused = refusal(&data_past_memory, limits);
+    let refused = refusal(&data_past_memory, limits).await;
     assert!(refused.contains("cannot start") && refused.contains("out of bounds"), "{refused}");
 
     // 312.5 MiB at start, over the 256 MiB limit.
     let initial_too_large = Crafted { main_pages: 5000, ..Crafted::new() };
-    let refused = refusal(&initial_too_large, limits);
+    let refused = refusal(&initial_too_large, limits).await;
     assert!(refused.contains("cannot start") && refused.contains("past its limit of 268435456"), "{refused}");
 
     let start_loops = Crafted::new().main("(func $start (loop br 0)) (start $start)");
-    let refused = refusal(&start_loops, limits);
+    let refused = refusal(&start_loops, limits).await;
     assert!(refused.contains("cannot start") && refused.contains("deadline of 300ms"), "{refused}");
 }
 
@@ -237,24 +244,24 @@ async fn with_a_neighbour_on(node: &Node, module: &mantle::runtime::GuestModule)
     outcome
 }
 
-#[test]
-fn a_component_shaped_to_be_expensive_to_compile_is_refused_before_it_is() {
+#[tokio::test]
+async fn a_component_shaped_to_be_expensive_to_compile_is_refused_before_it_is() {
     let shape = ShapeLimits::default();
     let limits = ModuleLimits::default();
     let long = Crafted::new().main(&crafted::long_function("$long", shape.max_function_bytes + 100_000));
-    let refused = refusal(&long, limits);
+    let refused = refusal(&long, limits).await;
     assert!(refused.contains("too expensive to compile") && refused.contains("its body is"), "{refused}");
 
     let deep = Crafted::new().main(&crafted::nested_function("$deep", shape.max_nesting + 1));
-    let refused = refusal(&deep, limits);
+    let refused = refusal(&deep, limits).await;
     assert!(refused.contains(&format!("nest more than {}", shape.max_nesting)), "{refused}");
 
     let locals = Crafted::new().main(&crafted::function_with_locals("$locals", shape.max_locals as usize + 1));
-    let refused = refusal(&locals, limits);
+    let refused = refusal(&locals, limits).await;
     assert!(refused.contains(&format!("{} locals", shape.max_locals + 1)), "{refused}");
 
     let loops = Crafted::new().main(&crafted::looping_function("$loops", shape.max_loops + 1));
-    let refused = refusal(&loops, limits);
+    let refused = refusal(&loops, limits).await;
     assert!(refused.contains(&format!("more than {} loops", shape.max_loops)), "{refused}");
 
     // Just under every limit, it compiles.
