@@ -45,8 +45,8 @@ impl Default for ModuleLimits {
 }
 
 /// Core instances one component may create. A Rust `wasm32-wasip2` guest
-/// has a few (its program and small adapter shims); guests made by
-/// componentize-py link a dozen or so modules.
+/// has three (its program and two small shims); guests that link shared
+/// libraries into one component have more.
 pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// Linear memories one component may define across its core modules.
 /// Guests built by today's toolchains define one.
