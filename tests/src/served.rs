@@ -109,7 +109,7 @@ impl ServedNode {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write the configuration");
         let args = ["--config".as_ref(), path.as_os_str(), "--data-dir".as_ref(), data_dir.as_os_str()];
-        let mut node = Self::start(&args, log);
+        let mut node = Self::start(&args, log, &[]);
         node.dirs.push(dir);
         node
     }
@@ -118,16 +118,23 @@ impl ServedNode {
     /// configuration, from the repository root.
     pub fn demo() -> ServedNode {
         let data = tempfile::tempdir().expect("a temp dir");
-        let mut node = Self::start(&["--data-dir".as_ref(), data.path().as_os_str()], None);
+        let mut node = Self::demo_in_with_env(data.path(), &[]);
         node.dirs.push(data);
         node
     }
 
-    fn start(args: &[&std::ffi::OsStr], log: Option<&str>) -> ServedNode {
+    /// The bundled examples, with their store in `data_dir`, which
+    /// outlives the node, and these environment variables set for it.
+    pub fn demo_in_with_env(data_dir: &Path, env: &[(&str, &str)]) -> ServedNode {
+        Self::start(&["--data-dir".as_ref(), data_dir.as_os_str()], None, env)
+    }
+
+    fn start(args: &[&std::ffi::OsStr], log: Option<&str>, env: &[(&str, &str)]) -> ServedNode {
         let mut command = Command::new(mantle_binary());
         if let Some(filter) = log {
             command.env("MANTLE_LOG", filter);
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .current_dir(repo_root())
             .args(["serve", "--listen", "127.0.0.1:0"])

@@ -56,6 +56,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let trusted = config.as_ref().map_or(&[][..], |c| &c.node.trusted_signers);
     let deployments = tokio::task::block_in_place(|| Deployments::open(&data_dir, trusted))
         .with_context(|| format!("cannot open the node store in {}", data_dir.display()))?;
+    log_kernel_level();
     // Guests are compiled in child processes of this program, within the
     // node's compile limits.
     let program = std::env::current_exe().context("cannot find the mantle executable to compile guests with")?;
@@ -155,4 +156,19 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Names the vector level the inference kernels run at, and the CPU it was
+/// chosen for: the first thing to read when one machine is slower than
+/// another.
+pub(crate) fn log_kernel_level() {
+    use mantle::models::{KernelLevel, cpu_description};
+    let level = KernelLevel::chosen();
+    let detected = KernelLevel::detected();
+    let lowered = if level == detected {
+        String::new()
+    } else {
+        format!(", lowered from {detected} by {}", mantle::models::kernels::LEVEL_VARIABLE)
+    };
+    tracing::info!("inference kernels: {level}{lowered}; CPU: {}", cpu_description());
 }

@@ -33,6 +33,8 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::simd::{self, Level};
+
 /// Below this many positions a product is a matrix-vector product, bound
 /// by reading the weights, and tract's own kernel for it is as good.
 const MIN_POSITIONS: usize = 8;
@@ -42,16 +44,16 @@ const MIN_POSITIONS: usize = 8;
 const MAX_GATHERED_TAPS: usize = 64;
 
 /// Replaces every convolution of `model` that the kernel can take, with
-/// what follows it, by a [`ChannelLastConv`]. Returns the model and how
-/// many were replaced; on a machine without the kernel, the model as it
-/// was.
-pub fn fuse(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
-    if !kernel_available() {
+/// what follows it, by a [`ChannelLastConv`] computed at `level`. Returns
+/// the model and how many were replaced; where the kernel would not beat
+/// tract ([`worth_fusing`]), or the CPU lacks `level`, the model as it was.
+pub fn fuse(mut model: TypedModel, level: Level) -> TractResult<(TypedModel, usize)> {
+    if !worth_fusing(level) {
         return Ok((model, 0));
     }
     let mut fused = 0;
     for id in model.eval_order()? {
-        if let Some(patch) = pattern(&model, id)? {
+        if let Some(patch) = pattern(&model, id, level)? {
             patch.apply(&mut model)?;
             fused += 1;
         }
@@ -59,11 +61,12 @@ pub fn fuse(mut model: TypedModel) -> TractResult<(TypedModel, usize)> {
     Ok((model.into_compact()?, fused))
 }
 
-fn kernel_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+/// Whether this kernel at `level` is the better choice here. On x86-64
+/// it is at every level: tract's own kernels there store a channel-last
+/// output one value at a time. On aarch64 tract's NEON kernels stay until
+/// this kernel has a NEON level.
+fn worth_fusing(level: Level) -> bool {
+    cfg!(target_arch = "x86_64") && level.supported()
 }
 
 /// A convolution with a channel-last output `[positions, outputs]`:
@@ -72,6 +75,7 @@ fn kernel_available() -> bool {
 #[derive(Debug, Clone)]
 pub struct ChannelLastConv {
     rows: Rows,
+    /// The weights, laid out for the vector level the op runs at.
     panels: Arc<Panels>,
     clamp: Option<(f32, f32)>,
     residual: bool,
@@ -119,8 +123,14 @@ impl Op for ChannelLastConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "positions: {} taps: {} out: {} clamp: {:?} residual: {} rows: {:?}",
-            self.positions, self.panels.inputs, self.panels.outputs, self.clamp, self.residual, self.rows
+            "positions: {} taps: {} out: {} clamp: {:?} residual: {} rows: {:?} kernel: {}",
+            self.positions,
+            self.panels.inputs,
+            self.panels.outputs,
+            self.clamp,
+            self.residual,
+            self.rows,
+            self.panels.level
         )])
     }
 
@@ -160,10 +170,10 @@ impl EvalOp for ChannelLastConv {
             self.positions,
             self.panels.outputs
         );
-        // SAFETY: the output holds exactly `len` values, and `run` writes
-        // every one of them before anything reads it.
+        // SAFETY: the output holds exactly `len` values; `run` writes every
+        // one of them, or fails and the tensor is dropped unread.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
-        self.run(rows, residual, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+        self.run(rows, residual, output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -177,16 +187,57 @@ impl TypedOp for ChannelLastConv {
 }
 
 impl ChannelLastConv {
-    fn run(&self, rows: &[f32], residual: Option<&[f32]>, output: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the op is only built where the kernel is available, and
-        // `eval` checked the sizes the kernel relies on.
-        unsafe {
-            x86_64::run(&self.panels, self.clamp, rows, residual, output, self.positions)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("ChannelLastConv is only built where its kernel runs: {rows:?} {residual:?} {output:?}")
+    /// Runs the kernel over `rows` (`positions × taps`) into `output`
+    /// (`positions × outputs`), with `residual` of the output's size.
+    fn run(&self, rows: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> TractResult<()> {
+        let len = self.positions * self.panels.outputs;
+        anyhow::ensure!(
+            rows.len() == self.positions * self.panels.inputs
+                && output.len() == len
+                && residual.is_none_or(|r| r.len() == len),
+            "ChannelLastConv: buffers of the wrong size"
+        );
+        let product = kernel::Product {
+            panels: &self.panels,
+            clamp: self.clamp,
+            input: rows,
+            residual,
+            output,
+            positions: self.positions,
+        };
+        simd::dispatch(self.panels.level, product)
+            .ok_or_else(|| anyhow::anyhow!("ChannelLastConv: this CPU cannot run {} kernels", self.panels.level))
     }
+}
+
+/// The kernel at `level` on its own, over rows already gathered:
+/// `output[p][o]` is `bias[o] + Σ_t rows[p][t] · weights[o][t]`, clamped
+/// to `clamp`, plus `residual[p][o]`. For the tests and benchmarks that
+/// compare levels; fails if the CPU lacks `level` or a slice does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn product_at(
+    level: Level,
+    rows: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    clamp: Option<(f32, f32)>,
+    residual: Option<&[f32]>,
+    output: &mut [f32],
+) -> TractResult<()> {
+    let outputs = bias.len();
+    anyhow::ensure!(outputs > 0 && weights.len().is_multiple_of(outputs), "weights are not one row per bias value");
+    let taps = weights.len() / outputs;
+    anyhow::ensure!(taps > 0 && rows.len().is_multiple_of(taps), "rows are not whole rows of {taps} taps");
+    let positions = rows.len() / taps;
+    let op = ChannelLastConv {
+        rows: Rows::Direct,
+        panels: Arc::new(Panels::new(level, weights, bias, taps, outputs)),
+        clamp,
+        residual: residual.is_some(),
+        positions,
+        output_shape: tvec![positions, outputs],
+    };
+    op.run(rows, residual, output)
 }
 
 impl Window {
@@ -225,16 +276,17 @@ impl Window {
     }
 }
 
-/// The weights and bias, laid out for the kernel: the output channels cut
-/// into panels of 8, 16 or 24, each panel all taps long, with a panel's
-/// values for one tap side by side.
+/// The weights and bias, laid out for the kernel at one level: the output
+/// channels cut into panels of a few vectors, each panel all taps long,
+/// with a panel's values for one tap side by side.
 #[derive(Debug)]
 struct Panels {
+    level: Level,
     inputs: usize,
     outputs: usize,
     panels: Vec<Panel>,
     values: Vec<f32>,
-    /// One per output channel, padded with zeros to the panels' width.
+    /// One per output channel, padded with zeros to a whole vector.
     bias: Vec<f32>,
 }
 
@@ -242,7 +294,7 @@ struct Panels {
 struct Panel {
     /// Its first output channel.
     channel: usize,
-    /// Its width, in vectors of 8 channels.
+    /// Its width, in vectors of the level's lanes.
     vectors: usize,
     /// Where its values start in [`Panels::values`].
     offset: usize,
@@ -250,33 +302,52 @@ struct Panel {
 
 impl Panels {
     /// From `weights[o][i]` (`outputs` rows of `inputs`) and a bias per
-    /// output channel.
-    fn new(weights: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Panels {
-        let padded = outputs.div_ceil(8) * 8;
-        let mut widths = vec![2; padded / 16];
-        if padded % 16 == 8 {
-            // 24 channels keep 12 registers busy; 16 and then 8 would not.
-            match widths.last_mut() {
-                Some(last) => *last = 3,
-                None => widths.push(1),
-            }
-        }
-        let mut panels = Vec::with_capacity(widths.len());
-        let mut values = Vec::with_capacity(padded * inputs);
+    /// output channel, for `level`.
+    fn new(level: Level, weights: &[f32], bias: &[f32], inputs: usize, outputs: usize) -> Panels {
+        let lanes = level.lanes();
+        let vectors = outputs.div_ceil(lanes);
+        let mut panels = Vec::new();
+        let mut values = Vec::with_capacity(vectors * lanes * inputs);
         let mut channel = 0;
-        for vectors in widths {
-            panels.push(Panel { channel, vectors, offset: values.len() });
+        for width in panel_widths(level.registers(), vectors) {
+            panels.push(Panel { channel, vectors: width, offset: values.len() });
             for i in 0..inputs {
-                for o in channel..channel + 8 * vectors {
+                for o in channel..channel + lanes * width {
                     values.push(if o < outputs { weights[o * inputs + i] } else { 0.0 });
                 }
             }
-            channel += 8 * vectors;
+            channel += lanes * width;
         }
         let mut bias = bias.to_vec();
-        bias.resize(padded, 0.0);
-        Panels { inputs, outputs, panels, values, bias }
+        bias.resize(vectors * lanes, 0.0);
+        Panels { level, inputs, outputs, panels, values, bias }
     }
+}
+
+/// How `vectors` vectors of output channels are cut into panels, each of a
+/// width whose block keeps the registers busy ([`kernel::block_rows`]):
+/// with 16 registers, pairs, and a triple for an odd count; with 32, fours,
+/// the remainder a pair or a triple (five as three and two).
+fn panel_widths(registers: usize, vectors: usize) -> Vec<usize> {
+    if vectors <= 1 {
+        return vec![vectors; vectors];
+    }
+    let (widest, last) = if registers >= 32 {
+        match vectors % 4 {
+            0 => (vectors / 4, vec![]),
+            1 => (vectors / 4 - 1, vec![3, 2]),
+            rest => (vectors / 4, vec![rest]),
+        }
+    } else {
+        match vectors % 2 {
+            0 => (vectors / 2, vec![]),
+            _ => (vectors / 2 - 1, vec![3]),
+        }
+    };
+    let widest_width = if registers >= 32 { 4 } else { 2 };
+    let mut widths = vec![widest_width; widest];
+    widths.extend(last);
+    widths
 }
 
 /// The product at the head of a pattern, as found in the model.
@@ -292,7 +363,7 @@ struct Head {
 
 /// If node `id` heads a convolution the kernel takes, the patch that
 /// replaces it and the bias, clamp and residual add after it.
-fn pattern(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> {
+fn pattern(model: &TypedModel, id: usize, level: Level) -> TractResult<Option<TypedModelPatch>> {
     let Some(mut head) = channel_last_product(model, id)?.or(channel_first_image_conv(model, id)?) else {
         return Ok(None);
     };
@@ -356,7 +427,7 @@ fn pattern(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>
     let name = &model.node(id).name;
     let op = ChannelLastConv {
         rows: head.rows,
-        panels: Arc::new(Panels::new(weights, &head.bias, head.taps, outputs)),
+        panels: Arc::new(Panels::new(level, weights, &head.bias, head.taps, outputs)),
         clamp,
         residual: residual.is_some(),
         positions,
@@ -545,16 +616,16 @@ fn same_layout(a: &TypedFact, b: &TypedFact) -> bool {
     a.datum_type == b.datum_type && significant(a).is_some() && significant(a) == significant(b)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86_64 {
-    use std::arch::x86_64::*;
-
-    use super::{Panel, Panels};
+/// The product itself, generic over the vector it runs in.
+mod kernel {
+    use super::Panels;
+    use crate::models::simd::{Kernel, Vector};
 
     /// How many positions one pass over the panels covers: the activations
     /// of a pass stay in the first-level cache while every panel reads
     /// them. With weights too big for the second-level cache, one pass
-    /// covers every position, so that each panel is read once.
+    /// covers every position, so that each panel is read once. A pass is
+    /// a multiple of 24 positions, which every block height divides.
     fn positions_per_pass(panels: &Panels, positions: usize) -> usize {
         const FIRST_LEVEL: usize = 16 * 1024;
         const SECOND_LEVEL: usize = 256 * 1024;
@@ -564,52 +635,80 @@ mod x86_64 {
         (FIRST_LEVEL / (4 * panels.inputs) / 24 * 24).max(24)
     }
 
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `input` holds `positions × inputs` values,
-    /// and `output` and `residual` `positions × outputs`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn run(
-        panels: &Panels,
-        clamp: Option<(f32, f32)>,
-        input: &[f32],
-        residual: Option<&[f32]>,
-        output: &mut [f32],
-        positions: usize,
-    ) {
-        let pass = positions_per_pass(panels, positions);
-        let tile = Tile {
-            inputs: panels.inputs,
-            outputs: panels.outputs,
-            input: input.as_ptr(),
-            residual: residual.map_or(std::ptr::null(), <[f32]>::as_ptr),
-            output: output.as_mut_ptr(),
-            bias: panels.bias.as_ptr(),
-            clamp,
-        };
-        let mut first = 0;
-        while first < positions {
-            let end = (first + pass).min(positions);
-            for panel in &panels.panels {
-                let values = panels.values[panel.offset..].as_ptr();
-                let rows = match panel.vectors {
-                    1 => 8,
-                    2 => 6,
-                    _ => 4,
-                };
-                let mut p = first;
-                while p < end {
-                    let count = rows.min(end - p);
-                    unsafe {
-                        match panel.vectors {
-                            1 => tile.block_8x1(panel, values, p, count),
-                            2 => tile.block_6x2(panel, values, p, count),
-                            _ => tile.block_4x3(panel, values, p, count),
+    /// One call of the kernel: the caller has checked that `input` holds
+    /// `positions × inputs` values, and `output` and `residual`
+    /// `positions × outputs`.
+    pub(super) struct Product<'a> {
+        pub panels: &'a Panels,
+        pub clamp: Option<(f32, f32)>,
+        pub input: &'a [f32],
+        pub residual: Option<&'a [f32]>,
+        pub output: &'a mut [f32],
+        pub positions: usize,
+    }
+
+    impl Kernel for Product<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn run<V: Vector>(self) {
+            assert!(
+                V::LANES == self.panels.level.lanes() && V::REGISTERS == self.panels.level.registers(),
+                "panels laid out for another vector level"
+            );
+            let panels = self.panels;
+            let pass = positions_per_pass(panels, self.positions);
+            let tile = Tile {
+                inputs: panels.inputs,
+                outputs: panels.outputs,
+                input: self.input.as_ptr(),
+                residual: self.residual.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                output: self.output.as_mut_ptr(),
+                bias: panels.bias.as_ptr(),
+                clamp: self.clamp,
+            };
+            let mut first = 0;
+            while first < self.positions {
+                let end = (first + pass).min(self.positions);
+                for panel in &panels.panels {
+                    let values = panels.values[panel.offset..].as_ptr();
+                    let rows = block_rows(V::REGISTERS, panel.vectors);
+                    let mut p = first;
+                    while p < end {
+                        let count = rows.min(end - p);
+                        // SAFETY: `Panels` sized `values` and `bias` for
+                        // every panel, the caller checked the rest, and the
+                        // CPU has the vector's level, which `dispatch` checked.
+                        unsafe {
+                            match (V::REGISTERS, panel.vectors) {
+                                (32, 1) => tile.block::<V, 12, 1>(panel, values, p, count),
+                                (32, 2) => tile.block::<V, 12, 2>(panel, values, p, count),
+                                (32, 3) => tile.block::<V, 8, 3>(panel, values, p, count),
+                                (32, _) => tile.block::<V, 6, 4>(panel, values, p, count),
+                                (_, 1) => tile.block::<V, 8, 1>(panel, values, p, count),
+                                (_, 2) => tile.block::<V, 6, 2>(panel, values, p, count),
+                                (_, _) => tile.block::<V, 4, 3>(panel, values, p, count),
+                            }
                         }
+                        p += count;
                     }
-                    p += count;
                 }
+                first = end;
             }
-            first = end;
+        }
+    }
+
+    /// How many positions a block of `vectors` vectors of channels holds in
+    /// registers: about three quarters of the registers as accumulators,
+    /// the rest for the panel's weights and the broadcast activation.
+    pub(super) fn block_rows(registers: usize, vectors: usize) -> usize {
+        match (registers, vectors) {
+            (32, 1 | 2) => 12,
+            (32, 3) => 8,
+            (32, _) => 6,
+            (_, 1) => 8,
+            (_, 2) => 6,
+            (_, _) => 4,
         }
     }
 
@@ -624,131 +723,89 @@ mod x86_64 {
         clamp: Option<(f32, f32)>,
     }
 
-    /// One product step: every accumulator of a row gains that row's
-    /// activation times the panel's weights.
-    macro_rules! step {
-        ($row:expr, $i:expr, [$($w:ident),+], [$($acc:ident),+]) => {{
-            let x = _mm256_broadcast_ss(&*$row.add($i));
-            $( $acc = _mm256_fmadd_ps(x, $w, $acc); )+
-        }};
-    }
-
-    // The accumulators are named one by one, not kept in an array: an
-    // array indexed in loops ends up spilled to the stack on every step.
     impl Tile {
-        /// The activations of `N` rows from `first`, the rows past
+        /// The activations of `P` rows from `first`, the rows past
         /// `count` repeating the last one, so that a short block runs the
         /// same code and stores only its `count` rows.
-        #[inline]
-        unsafe fn rows<const N: usize>(&self, first: usize, count: usize) -> [*const f32; N] {
+        #[inline(always)]
+        unsafe fn rows<const P: usize>(&self, first: usize, count: usize) -> [*const f32; P] {
             std::array::from_fn(|p| unsafe { self.input.add((first + p.min(count - 1)) * self.inputs) })
         }
 
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn block_6x2(&self, panel: &Panel, values: *const f32, first: usize, count: usize) {
+        /// `P` positions from `first` by the `W` vectors of one panel, all
+        /// held in registers while every input channel is summed in. The
+        /// accumulators are a fixed-size array indexed only by constants
+        /// once the loops over `P` and `W` are unrolled, so they stay in
+        /// registers.
+        #[inline(always)]
+        unsafe fn block<V: Vector, const P: usize, const W: usize>(
+            &self,
+            panel: &super::Panel,
+            values: *const f32,
+            first: usize,
+            count: usize,
+        ) {
             unsafe {
-                let [r0, r1, r2, r3, r4, r5] = self.rows::<6>(first, count);
-                let b0 = _mm256_loadu_ps(self.bias.add(panel.channel));
-                let b1 = _mm256_loadu_ps(self.bias.add(panel.channel + 8));
-                let (mut a00, mut a01, mut a10, mut a11, mut a20, mut a21) = (b0, b1, b0, b1, b0, b1);
-                let (mut a30, mut a31, mut a40, mut a41, mut a50, mut a51) = (b0, b1, b0, b1, b0, b1);
-                for i in 0..self.inputs {
-                    let w0 = _mm256_loadu_ps(values.add(16 * i));
-                    let w1 = _mm256_loadu_ps(values.add(16 * i + 8));
-                    step!(r0, i, [w0, w1], [a00, a01]);
-                    step!(r1, i, [w0, w1], [a10, a11]);
-                    step!(r2, i, [w0, w1], [a20, a21]);
-                    step!(r3, i, [w0, w1], [a30, a31]);
-                    step!(r4, i, [w0, w1], [a40, a41]);
-                    step!(r5, i, [w0, w1], [a50, a51]);
+                let rows = self.rows::<P>(first, count);
+                let mut bias = [V::zero(); W];
+                for (v, b) in bias.iter_mut().enumerate() {
+                    *b = V::load(self.bias.add(panel.channel + V::LANES * v));
                 }
-                let acc = [[a00, a01], [a10, a11], [a20, a21], [a30, a31], [a40, a41], [a50, a51]];
-                self.finish(panel, first, count, &acc);
-            }
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn block_4x3(&self, panel: &Panel, values: *const f32, first: usize, count: usize) {
-            unsafe {
-                let [r0, r1, r2, r3] = self.rows::<4>(first, count);
-                let b0 = _mm256_loadu_ps(self.bias.add(panel.channel));
-                let b1 = _mm256_loadu_ps(self.bias.add(panel.channel + 8));
-                let b2 = _mm256_loadu_ps(self.bias.add(panel.channel + 16));
-                let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12) = (b0, b1, b2, b0, b1, b2);
-                let (mut a20, mut a21, mut a22, mut a30, mut a31, mut a32) = (b0, b1, b2, b0, b1, b2);
+                let mut acc = [bias; P];
                 for i in 0..self.inputs {
-                    let w0 = _mm256_loadu_ps(values.add(24 * i));
-                    let w1 = _mm256_loadu_ps(values.add(24 * i + 8));
-                    let w2 = _mm256_loadu_ps(values.add(24 * i + 16));
-                    step!(r0, i, [w0, w1, w2], [a00, a01, a02]);
-                    step!(r1, i, [w0, w1, w2], [a10, a11, a12]);
-                    step!(r2, i, [w0, w1, w2], [a20, a21, a22]);
-                    step!(r3, i, [w0, w1, w2], [a30, a31, a32]);
+                    let mut weights = [V::zero(); W];
+                    for (v, w) in weights.iter_mut().enumerate() {
+                        *w = V::load(values.add((W * i + v) * V::LANES));
+                    }
+                    for (row, sums) in rows.iter().zip(acc.iter_mut()) {
+                        let x = V::broadcast(row.add(i));
+                        for (sum, w) in sums.iter_mut().zip(weights) {
+                            *sum = x.mul_add(w, *sum);
+                        }
+                    }
                 }
-                let acc = [[a00, a01, a02], [a10, a11, a12], [a20, a21, a22], [a30, a31, a32]];
-                self.finish(panel, first, count, &acc);
-            }
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn block_8x1(&self, panel: &Panel, values: *const f32, first: usize, count: usize) {
-            unsafe {
-                let [r0, r1, r2, r3, r4, r5, r6, r7] = self.rows::<8>(first, count);
-                let b0 = _mm256_loadu_ps(self.bias.add(panel.channel));
-                let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = (b0, b0, b0, b0, b0, b0, b0, b0);
-                for i in 0..self.inputs {
-                    let w0 = _mm256_loadu_ps(values.add(8 * i));
-                    step!(r0, i, [w0], [a0]);
-                    step!(r1, i, [w0], [a1]);
-                    step!(r2, i, [w0], [a2]);
-                    step!(r3, i, [w0], [a3]);
-                    step!(r4, i, [w0], [a4]);
-                    step!(r5, i, [w0], [a5]);
-                    step!(r6, i, [w0], [a6]);
-                    step!(r7, i, [w0], [a7]);
-                }
-                let acc = [[a0], [a1], [a2], [a3], [a4], [a5], [a6], [a7]];
-                self.finish(panel, first, count, &acc);
+                self.finish(panel, first, count, acc);
             }
         }
 
         /// Clamps, adds the residual and stores the first `count` rows of
         /// a block, only the lanes of channels that exist.
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        unsafe fn finish<const P: usize, const V: usize>(
+        #[inline(always)]
+        unsafe fn finish<V: Vector, const P: usize, const W: usize>(
             &self,
-            panel: &Panel,
+            panel: &super::Panel,
             first: usize,
             count: usize,
-            acc: &[[__m256; V]; P],
+            acc: [[V; W]; P],
         ) {
             unsafe {
-                let clamp = self.clamp.map(|(low, high)| (_mm256_set1_ps(low), _mm256_set1_ps(high)));
-                for (p, row) in acc.iter().enumerate().take(count) {
+                let clamp = self.clamp.map(|(low, high)| (V::splat(low), V::splat(high)));
+                // Every row is visited and the short block's rows skipped,
+                // rather than the loop cut to `count`: a loop of constant
+                // length unrolls, and the accumulators stay in registers.
+                for (p, row) in acc.iter().enumerate() {
+                    if p >= count {
+                        continue;
+                    }
                     let at = (first + p) * self.outputs + panel.channel;
                     for (v, &a) in row.iter().enumerate() {
-                        let at = at + 8 * v;
+                        let at = at + V::LANES * v;
                         let mut a = a;
                         if let Some((low, high)) = clamp {
-                            a = _mm256_min_ps(_mm256_max_ps(a, low), high);
+                            a = a.max(low).min(high);
                         }
-                        let lanes = self.outputs.saturating_sub(panel.channel + 8 * v).min(8);
-                        if lanes == 8 {
+                        let lanes = self.outputs.saturating_sub(panel.channel + V::LANES * v).min(V::LANES);
+                        if lanes == V::LANES {
                             if !self.residual.is_null() {
-                                a = _mm256_add_ps(a, _mm256_loadu_ps(self.residual.add(at)));
+                                a = a.add(V::load(self.residual.add(at)));
                             }
-                            _mm256_storeu_ps(self.output.add(at), a);
+                            a.store(self.output.add(at));
                         } else if lanes > 0 {
                             // Past the last channel: only the lanes that exist.
-                            let mask = _mm256_cmpgt_epi32(
-                                _mm256_set1_epi32(lanes as i32),
-                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                            );
                             if !self.residual.is_null() {
-                                a = _mm256_add_ps(a, _mm256_maskload_ps(self.residual.add(at), mask));
+                                a = a.add(V::load_first(self.residual.add(at), lanes));
                             }
-                            _mm256_maskstore_ps(self.output.add(at), mask, a);
+                            a.store_first(self.output.add(at), lanes);
                         }
                     }
                 }
@@ -756,42 +813,12 @@ mod x86_64 {
         }
     }
 }
-
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 25.0).collect()
-    }
-
-    /// The op's contract over rows already gathered, one value at a time,
-    /// in f64.
-    fn reference(
-        rows: &[f32],
-        weights: &[f32],
-        bias: &[f32],
-        clamp: Option<(f32, f32)>,
-        residual: Option<&[f32]>,
-        taps: usize,
-        outputs: usize,
-    ) -> Vec<f32> {
-        let positions = rows.len() / taps;
-        let mut out = vec![0.0; positions * outputs];
-        for p in 0..positions {
-            for o in 0..outputs {
-                let mut sum = bias[o] as f64;
-                for t in 0..taps {
-                    sum += rows[p * taps + t] as f64 * weights[o * taps + t] as f64;
-                }
-                let mut value = sum as f32;
-                if let Some((low, high)) = clamp {
-                    value = value.max(low).min(high);
-                }
-                out[p * outputs + o] = value + residual.map_or(0.0, |r| r[p * outputs + o]);
-            }
-        }
-        out
     }
 
     fn assert_close(got: &[f32], want: &[f32], case: &str) {
@@ -801,37 +828,22 @@ mod tests {
         }
     }
 
+    /// The levels this CPU can run; the `kernels` test reports the others
+    /// as skipped.
+    fn levels() -> impl Iterator<Item = Level> {
+        Level::ALL.into_iter().filter(|level| level.supported())
+    }
+
     #[test]
-    fn the_kernel_keeps_the_contract_for_every_block_and_tail() {
-        if !kernel_available() {
-            return;
-        }
-        for outputs in [1, 5, 8, 13, 16, 24, 40, 96, 100] {
-            for taps in [1, 3, 16, 27] {
-                for positions in [1, 5, 6, 7, 13, 50] {
-                    for (clamp, with_residual) in [(None, false), (Some((0.0, 6.0)), false), (None, true)] {
-                        let rows = values(positions * taps, 1);
-                        let weights = values(outputs * taps, 2);
-                        let bias = values(outputs, 3);
-                        let residual = with_residual.then(|| values(positions * outputs, 4));
-                        let op = ChannelLastConv {
-                            rows: Rows::Direct,
-                            panels: Arc::new(Panels::new(&weights, &bias, taps, outputs)),
-                            clamp,
-                            residual: with_residual,
-                            positions,
-                            output_shape: tvec![positions, outputs],
-                        };
-                        let mut output = vec![f32::NAN; positions * outputs + 9];
-                        op.run(&rows, residual.as_deref(), &mut output[..positions * outputs]);
-                        let want = reference(&rows, &weights, &bias, clamp, residual.as_deref(), taps, outputs);
-                        let case = format!(
-                            "out {outputs} taps {taps} positions {positions} clamp {clamp:?} residual {with_residual}"
-                        );
-                        assert_close(&output[..positions * outputs], &want, &case);
-                        assert!(output[positions * outputs..].iter().all(|v| v.is_nan()), "{case}: wrote past the end");
-                    }
-                }
+    fn panels_cut_every_vector_count_into_widths_with_a_block() {
+        for registers in [16, 32] {
+            for vectors in 0..200 {
+                let widths = panel_widths(registers, vectors);
+                assert_eq!(widths.iter().sum::<usize>(), vectors, "{registers} registers, {vectors} vectors");
+                let widest = if registers == 32 { 4 } else { 3 };
+                assert!(widths.iter().all(|&w| (1..=widest).contains(&w)), "{widths:?}");
+                // Every block height divides a pass of 24 positions.
+                assert!(widths.iter().all(|&w| 24 % kernel::block_rows(registers, w) == 0));
             }
         }
     }
@@ -840,11 +852,9 @@ mod tests {
     /// with the padding before the image and past its end.
     #[test]
     fn gathered_rows_make_the_convolution_of_a_channel_first_image() {
-        if !kernel_available() {
-            return;
-        }
         let (channels, height, width, outputs) = (3, 9, 11, 16);
-        for (strides, padding) in [([2, 2], [0, 0]), ([1, 1], [1, 1]), ([2, 1], [1, 0])] {
+        let cases = [([2, 2], [0, 0]), ([1, 1], [1, 1]), ([2, 1], [1, 0])];
+        for (level, (strides, padding)) in levels().flat_map(|level| cases.map(|case| (level, case))) {
             let kernel = [3, 3];
             let out = [
                 (height + padding[0] + 1 - kernel[0]) / strides[0] + 1,
@@ -857,14 +867,14 @@ mod tests {
             let rows = window.gather(&image).expect("the image fits the window");
             let op = ChannelLastConv {
                 rows: Rows::Gathered(window.clone()),
-                panels: Arc::new(Panels::new(&weights, &bias, window.taps(), outputs)),
+                panels: Arc::new(Panels::new(level, &weights, &bias, window.taps(), outputs)),
                 clamp: None,
                 residual: false,
                 positions: out[0] * out[1],
                 output_shape: tvec![1, out[0], out[1], outputs],
             };
             let mut got = vec![0.0; out[0] * out[1] * outputs];
-            op.run(&rows, None, &mut got);
+            op.run(&rows, None, &mut got).expect("a supported level runs");
             let mut want = vec![0.0f32; got.len()];
             for oy in 0..out[0] {
                 for ox in 0..out[1] {
@@ -886,39 +896,39 @@ mod tests {
                     }
                 }
             }
-            assert_close(&got, &want, &format!("strides {strides:?} padding {padding:?}"));
+            assert_close(&got, &want, &format!("{level}: strides {strides:?} padding {padding:?}"));
         }
     }
 
-    /// EfficientNet-Lite0 with its convolutions on this kernel gives the
-    /// logits tract gives on its own, to rounding.
+    /// EfficientNet-Lite0 with its convolutions on this kernel, at every
+    /// level this CPU has, gives the logits tract gives on its own, to
+    /// rounding.
     #[test]
     fn efficientnet_answers_as_with_tracts_own_kernels() -> TractResult<()> {
-        if !kernel_available() {
-            return Ok(());
-        }
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/efficientnet-lite0/model.onnx");
         let typed = tract_onnx::onnx()
             .model_for_path(&path)?
             .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())?
             .into_typed()?;
         let typed = super::super::channel_last("efficientnet-lite0", typed);
-        let (fused, count) = fuse(typed.clone().into_decluttered()?)?;
-        // The first convolution and the 32 pointwise ones; the classifier,
-        // a single position, stays with tract.
-        assert_eq!(count, 33);
-        let theirs = typed.into_optimized()?.into_runnable()?;
-        let ours = fused.into_optimized()?.into_runnable()?;
+        let theirs = typed.clone().into_optimized()?.into_runnable()?;
         let image: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i * 7919 % 255) as f32 - 127.0) / 128.0).collect();
         let input =
             || -> TractResult<TVec<TValue>> { Ok(tvec!(Tensor::from_shape(&[1, 3, 224, 224], &image)?.into_tvalue())) };
         let logits = |outputs: TVec<TValue>| -> TractResult<Vec<f32>> {
             Ok(outputs[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
         };
-        let (theirs, ours) = (logits(theirs.run(input()?)?)?, logits(ours.run(input()?)?)?);
+        let theirs = logits(theirs.run(input()?)?)?;
         let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let worst = theirs.iter().zip(&ours).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(worst <= 1e-4 * scale.max(1.0), "logits differ by up to {worst} (largest {scale})");
+        for level in levels() {
+            let (fused, count) = fuse(typed.clone().into_decluttered()?, level)?;
+            // The first convolution and the 32 pointwise ones; the
+            // classifier, a single position, stays with tract.
+            assert_eq!(count, 33, "{level}");
+            let ours = logits(fused.into_optimized()?.into_runnable()?.run(input()?)?)?;
+            let worst = theirs.iter().zip(&ours).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * scale.max(1.0), "{level}: logits differ by up to {worst} (largest {scale})");
+        }
         Ok(())
     }
 }

@@ -7,9 +7,20 @@
 mod convolution;
 mod depthwise;
 mod pool;
+mod simd;
 mod tensor;
 
 pub use pool::{InferencePool, PoolError};
+pub use simd::{Level as KernelLevel, cpu_description};
+
+/// This project's own kernels, callable at any vector level over checked
+/// slices: for the tests and benchmarks that compare the levels on one
+/// machine. Models always run at [`KernelLevel::chosen`].
+pub mod kernels {
+    pub use super::convolution::product_at;
+    pub use super::depthwise::depthwise_at;
+    pub use super::simd::{LEVEL_VARIABLE, Level, cpu_description, vector_features};
+}
 pub use tensor::{ElementType, HostTensor};
 
 use crate::untrusted::escaped;
@@ -391,7 +402,8 @@ fn channel_last(name: &str, model: TypedModel) -> TypedModel {
     rewrite()
         .inspect(|_| {
             let kernel = depthwise::channel_last_kernel().unwrap_or("tract's scalar loop");
-            tracing::debug!(model = name, "convolutions channel-last; depthwise kernel: {kernel}");
+            let level = KernelLevel::chosen();
+            tracing::debug!(model = name, "convolutions channel-last; depthwise kernel: {kernel} at {level}");
         })
         .unwrap_or_else(|e| {
             tracing::warn!(model = name, "running convolutions channel-first: {e:#}");
@@ -404,11 +416,12 @@ fn channel_last(name: &str, model: TypedModel) -> TypedModel {
 /// they have become plain matrix products. Like [`channel_last`], only a
 /// speed-up: a model the rewrite fails on runs as tract would run it.
 fn own_convolutions(name: &str, model: TypedModel) -> TypedModel {
-    let rewrite = || convolution::fuse(model.clone().into_decluttered()?);
+    let level = KernelLevel::chosen();
+    let rewrite = || convolution::fuse(model.clone().into_decluttered()?, level);
     match rewrite() {
         // Either way, the decluttered copy is as good a start for the optimizer.
         Ok((rewritten, fused)) => {
-            tracing::debug!(model = name, "{fused} convolutions on this project's kernel");
+            tracing::debug!(model = name, "{fused} convolutions on this project's {level} kernel");
             rewritten
         }
         Err(e) => {

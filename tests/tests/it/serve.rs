@@ -579,3 +579,77 @@ fn a_node_killed_with_requests_in_flight_restarts_and_serves() {
     assert_status(&reply, 200, "after the restart");
     assert_eq!(reply.json()["top"][0]["label"], "tiger cat");
 }
+
+/// The kernel level this CPU's flags call for, read from `/proc/cpuinfo`
+/// rather than from the node's own detection.
+fn level_for_this_cpu() -> &'static str {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|line| line.starts_with("flags"))
+        .map(|line| line.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |flag| flags.contains(&flag);
+    match (has("avx512f"), has("avx2") && has("fma")) {
+        (true, true) => "avx512",
+        (_, true) => "avx2",
+        _ => "portable",
+    }
+}
+
+/// The top five labels and their scores for the photo, from a node.
+fn classified(node: &ServedNode) -> Vec<(String, f64)> {
+    let reply = node.post("/t/demo/image-classify", None, &sample("chelsea.png"));
+    assert_status(&reply, 200, "image-classify");
+    let answer = reply.json();
+    answer["top"]
+        .as_array()
+        .expect("a `top` list")
+        .iter()
+        .map(|c| (c["label"].as_str().expect("a label").to_owned(), c["score"].as_f64().expect("a score")))
+        .collect()
+}
+
+#[test]
+fn the_node_names_its_kernel_level_and_answers_alike_at_every_level() {
+    let level = level_for_this_cpu();
+    // One store for the three nodes in turn, so that only the first
+    // compiles the guests.
+    let data = tempfile::tempdir().expect("a temp dir");
+    let start = |env: &[(&str, &str)]| ServedNode::demo_in_with_env(data.path(), env);
+    let mut node = start(&[]);
+    node.wait_for_stderr("inference kernels: ", Duration::from_secs(10));
+    let log = node.stderr();
+    let line = log.lines().find(|l| l.contains("inference kernels: ")).expect("the kernel line");
+    assert!(line.contains(&format!("inference kernels: {level}; CPU: ")), "{line}");
+    let reference = classified(&node);
+    assert_eq!(reference[0].0, "tiger cat", "{reference:?}");
+    node.terminate();
+    node.wait_exit(Duration::from_secs(30));
+
+    // Lowered to the plainest level, the node says so and gives the same
+    // labels, and the same scores to rounding.
+    let mut portable = start(&[("MANTLE_CPU_KERNELS", "portable")]);
+    portable.wait_for_stderr("inference kernels: ", Duration::from_secs(10));
+    let log = portable.stderr();
+    let line = log.lines().find(|l| l.contains("inference kernels: ")).expect("the kernel line");
+    if level != "portable" {
+        assert!(line.contains(&format!("portable, lowered from {level}")), "{line}");
+    }
+    let answer = classified(&portable);
+    for ((label, score), (want_label, want_score)) in answer.iter().zip(&reference) {
+        assert_eq!(label, want_label, "{answer:?} against {reference:?}");
+        assert!((score - want_score).abs() <= 1e-4, "{answer:?} against {reference:?}");
+    }
+    portable.terminate();
+    portable.wait_exit(Duration::from_secs(30));
+
+    // A level the CPU lacks, or a name that is no level, is refused with a
+    // warning, and the node runs at the CPU's own.
+    let asked = if level == "avx512" { "sse9" } else { "avx512" };
+    let node = start(&[("MANTLE_CPU_KERNELS", asked)]);
+    node.wait_for_stderr("inference kernels: ", Duration::from_secs(10));
+    let log = node.stderr();
+    assert!(log.contains(&format!("MANTLE_CPU_KERNELS={asked}")), "{log}");
+    assert!(log.contains(&format!("inference kernels: {level}; CPU: ")), "{log}");
+}
