@@ -4,11 +4,14 @@
 //! - `models`: each benchmarked model in process, as the node runs it
 //!   (tract, pinned as the examples pin it, one thread);
 //! - `ops`: where each model's inference time goes, by kind of operation;
+//! - `matmuls`: each model's matrix products, with the kernel tract chose
+//!   here and the one it would choose on AVX2 and on AVX-512 machines;
 //! - `sandbox`: each example in the sandbox against the same handler
 //!   compiled natively;
 //! - `instantiate`: a fresh instance of the no-op guest per call, as the
 //!   node makes one per request;
-//! - `http`: requests over one keep-alive connection to a running node.
+//! - `http`: requests over one keep-alive connection to a running node;
+//! - `cpu`: the CPU, its vector features and the kernel level chosen for it.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +43,11 @@ enum Measure {
     /// Per model in `shapes`, the milliseconds each kind of operation takes
     /// per inference.
     Ops { models_dir: PathBuf, shapes: PathBuf, runs: usize },
+    /// Per model in `shapes`, every matrix product in the plan: its sizes,
+    /// the kernel tract chose on this machine, and the one it would choose
+    /// for the same sizes on an AVX2 and on an AVX-512 machine
+    /// (`TRACT_X86_KIND=intel` or `amd` picks the vendor's cost model).
+    Matmuls { models_dir: PathBuf, shapes: PathBuf },
     /// Milliseconds per request of each example given as `NAME=BODY_FILE`:
     /// in the sandbox, and its handler compiled natively, taking turns.
     Sandbox {
@@ -53,12 +61,16 @@ enum Measure {
     /// Microseconds per request: the no-op guest at `url`, and the node's
     /// `/healthz`, which no guest serves, taking turns.
     Http { node: String, url: String, key: String, runs: usize },
+    /// The CPU's model and vector features, and the kernel levels it
+    /// supports and runs at.
+    Cpu,
 }
 
 fn main() -> anyhow::Result<()> {
     let report = match Cli::parse().measure {
         Measure::Models { models_dir, shapes, runs } => models(&models_dir, &shapes, runs)?,
         Measure::Ops { models_dir, shapes, runs } => ops(&models_dir, &shapes, runs)?,
+        Measure::Matmuls { models_dir, shapes } => matmuls(&models_dir, &shapes)?,
         Measure::Sandbox { models_dir, runs, bodies } => {
             let bodies = bodies
                 .into_iter()
@@ -71,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         }
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs } => http(&node, &url, &key, runs)?,
+        Measure::Cpu => cpu(),
     };
     println!("{report}");
     Ok(())
@@ -111,6 +124,61 @@ fn ops(models_dir: &Path, shapes: &Path, runs: usize) -> anyhow::Result<serde_js
             .map(|op| serde_json::json!({ "op": op.op, "nodes": op.nodes, "ms": op.time.as_secs_f64() * 1e3 }))
             .collect();
         report.insert(name, serde_json::Value::Array(ops));
+    }
+    Ok(serde_json::Value::Object(report))
+}
+
+fn cpu() -> serde_json::Value {
+    use mantle::models::kernels::{Level, cpu_description, vector_features};
+    let supported: Vec<&str> = Level::ALL.into_iter().filter(|l| l.supported()).map(Level::name).collect();
+    serde_json::json!({
+        "description": cpu_description(),
+        "features": vector_features(),
+        "supported": supported,
+        "detected": Level::detected().name(),
+        "chosen": Level::chosen().name(),
+    })
+}
+
+/// The x86-64 machines `matmuls` asks tract about, as tract names their
+/// instruction sets.
+const MACHINES: [(&str, &str); 2] = [("avx2", "avx,avx2,fma,f16c"), ("avx512", "avx,avx2,fma,f16c,avx512f")];
+
+fn matmuls(models_dir: &Path, shapes: &Path) -> anyhow::Result<serde_json::Value> {
+    use tract_onnx::prelude::DatumType;
+    use tract_onnx::tract_core::tract_linalg::{MmmDispatch, isa::IsaSet};
+    let machines = MACHINES
+        .iter()
+        .map(|(name, set)| {
+            let set: IsaSet = set.parse().map_err(|e| anyhow::anyhow!("{set}: {e}"))?;
+            Ok((*name, MmmDispatch::for_isa(set)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut report = serde_json::Map::new();
+    for (name, benched) in benched_models(shapes)? {
+        let (model, _) = load(models_dir, &name, &benched)?;
+        let products: Vec<_> = model
+            .matmuls()
+            .into_iter()
+            .map(|product| {
+                let picks: serde_json::Map<_, _> = machines
+                    .iter()
+                    .map(|(machine, dispatch)| {
+                        let pick = dispatch.preferred_kernel(DatumType::F32, product.m, product.k, product.n);
+                        (machine.to_string(), serde_json::json!(pick.map(|k| k.name().to_owned())))
+                    })
+                    .collect();
+                serde_json::json!({
+                    "node": product.node,
+                    "m": product.m,
+                    "k": product.k,
+                    "n": product.n,
+                    "kernels": product.kernels,
+                    "picks": picks,
+                })
+            })
+            .collect();
+        report.insert(name, serde_json::Value::Array(products));
     }
     Ok(serde_json::Value::Object(report))
 }

@@ -101,6 +101,21 @@ pub struct OutputSpec {
     pub shape: Vec<Dim>,
 }
 
+/// One matrix product in a model's optimized plan, from [`Model::matmuls`].
+#[derive(Debug, Clone)]
+pub struct MatMul {
+    /// The plan node's name.
+    pub node: String,
+    /// The product's sizes, where the plan knows them: `m × k` by `k × n`.
+    pub m: Option<usize>,
+    pub k: Option<usize>,
+    pub n: Option<usize>,
+    /// The kernels tract chose for it, one per mode (a product with a
+    /// dimension not known until it runs keeps a matrix-vector kernel
+    /// beside the matrix one).
+    pub kernels: Vec<String>,
+}
+
 /// One kind of operation's share of an inference, from [`Model::profile`].
 #[derive(Debug, Clone)]
 pub struct OpTime {
@@ -327,6 +342,30 @@ impl Model {
         let typical = self.typical_run_nanos.load(Ordering::Relaxed);
         let average = if typical == 0 { took } else { typical / 4 * 3 + took / 4 };
         self.typical_run_nanos.store(average.max(1), Ordering::Relaxed);
+    }
+
+    /// Every matrix product in the optimized plan, with its sizes and the
+    /// kernels tract chose for this CPU: which of tract's kernels a model
+    /// runs on, for the benchmark report.
+    pub fn matmuls(&self) -> Vec<MatMul> {
+        use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+        let size = |dim: Option<TDim>| dim.and_then(|d| d.as_i64()).and_then(|d| usize::try_from(d).ok());
+        self.plan
+            .model()
+            .nodes()
+            .iter()
+            .filter_map(|node| {
+                let op = node.op_as::<OptMatMul>()?;
+                let axis = |axis: Option<usize>| axis.map_or(Some(1), |ix| size(Some(op.c_fact.shape[ix].clone())));
+                Some(MatMul {
+                    node: node.name.clone(),
+                    m: axis(op.c_m_axis),
+                    k: size(op.guess_k()),
+                    n: axis(op.c_n_axis),
+                    kernels: op.mmm.iter().map(|mmm| mmm.name().to_owned()).collect(),
+                })
+            })
+            .collect()
     }
 
     /// Runs the model `runs` times on `inputs` and sums the time each kind
