@@ -286,9 +286,30 @@ def wait_until_serving(port, path, body, started, limit=120):
         time.sleep(0.05)
 
 
+def baseline_sockets(port, count):
+    """`count` listening sockets on one port, for one uvicorn process each.
+
+    Each has SO_REUSEPORT, so the kernel spreads connections over the
+    processes; uvicorn's own `--workers` shares one socket, from which the
+    first worker to wake accepts every connection a load generator opens at
+    once. Each also has TCP_NODELAY, which accepted sockets inherit: a
+    socket uvicorn takes by file descriptor gets none from asyncio, and then
+    Nagle's algorithm holds each response's body until the client's delayed
+    acknowledgement of its headers, 40 ms later."""
+    listeners = []
+    for _ in range(count):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        listeners.append(listener)
+    return listeners
+
+
 def serving(binaries, python, seconds, rounds):
     """image-classify under load from wrk at each concurrency: mantle and
-    the FastAPI baseline with one uvicorn worker and with as many as mantle
+    the FastAPI baseline with one uvicorn process and with as many as mantle
     has inference threads, all up at once and taking turns, `rounds` times;
     the run with the median throughput of each stands. Also each server's
     memory, idle and at its peak."""
@@ -298,18 +319,19 @@ def serving(binaries, python, seconds, rounds):
     workers = os.cpu_count() or 1
     servers = {
         "mantle": (
+            1,
             [str(binaries / "mantle"), "serve", "--listen", "127.0.0.1:{port}", "--data-dir", "{scratch}"],
             "/t/demo/image-classify",
         ),
     }
-    # Both baseline configurations: at low concurrency uvicorn is faster
-    # with one worker (its multi-worker mode adds about 40 ms a request at
-    # concurrency 1, whatever the client), at high concurrency with one per
-    # core. The baseline is judged by the better of the two at each level.
+    # The baseline as one uvicorn process and as one per core, each on its
+    # own SO_REUSEPORT socket (see `baseline_sockets`); judged by the
+    # better of the two at each concurrency.
     for count in sorted({1, workers}):
-        servers[f"{BASELINE}, {count} worker{'s' if count > 1 else ''}"] = (
-            [str(python), "-m", "uvicorn", "--app-dir", "bench", "baseline_server:app", "--port", "{port}",
-             "--workers", str(count), "--log-level", "warning"],
+        servers[f"{BASELINE}, {count} process{'es' if count > 1 else ''}"] = (
+            count,
+            [str(python), "-m", "uvicorn", "--app-dir", "bench", "baseline_server:app", "--fd", "{fd}",
+             "--log-level", "warning"],
             "/classify",
         )
     running = {}
@@ -317,15 +339,25 @@ def serving(binaries, python, seconds, rounds):
         script = Path(scratch) / "post.lua"
         script.write_text(WRK_SCRIPT)
         try:
-            for name, (template, path) in servers.items():
+            for name, (count, template, path) in servers.items():
                 port = free_port()
-                command = [part.format(port=port, scratch=scratch) for part in template]
                 started = time.perf_counter()
-                process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                running[name] = (process, f"http://127.0.0.1:{port}{path}")
+                processes = []
+                if "{fd}" in template:
+                    for listener in baseline_sockets(port, count):
+                        command = [part.format(fd=listener.fileno()) for part in template]
+                        processes.append(subprocess.Popen(command, cwd=ROOT, pass_fds=(listener.fileno(),),
+                                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                        listener.close()
+                else:
+                    command = [part.format(port=port, scratch=scratch) for part in template]
+                    processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                                      stderr=subprocess.DEVNULL))
+                running[name] = (processes, f"http://127.0.0.1:{port}{path}")
                 wait_until_serving(port, path, body, started)
             time.sleep(1)
-            pids = {name: process_tree(process.pid) for name, (process, _) in running.items()}
+            pids = {name: [pid for process in processes for pid in process_tree(process.pid)]
+                    for name, (processes, _) in running.items()}
             idle = {name: {"rss": memory_kib(p, "VmRSS"), "pss": memory_kib(p, "Pss")} for name, p in pids.items()}
             for name, (_, url) in running.items():
                 load(wrk_binary, script, url, sample, max(CONCURRENCY), 2)  # warm-up
@@ -344,9 +376,10 @@ def serving(binaries, python, seconds, rounds):
                                  "processes": len(pids[name])}
             return results
         finally:
-            for process, _ in running.values():
-                process.terminate()
-                process.wait(timeout=30)
+            for processes, _ in running.values():
+                for process in processes:
+                    process.terminate()
+                    process.wait(timeout=30)
 
 
 def cold_start(binaries, data_dir):
@@ -589,13 +622,13 @@ def main():
         "the median throughput stands. mantle runs as `mantle serve` does with no configuration (the three",
         "examples, one inference thread per core). The baseline is",
         "`bench/baseline_server.py`: FastAPI on uvicorn, Pillow, onnxruntime, the",
-        "same pipeline and answer, with one onnxruntime thread per uvicorn worker, run",
-        f"twice: with one worker, and with {os.cpu_count()} so that it uses every core as mantle does.",
-        "uvicorn's multi-worker mode adds about 40 ms to each request at concurrency 1,",
-        "whichever the client (wrk, Python's `http.client`, with or without",
-        "`TCP_NODELAY`), so the ratio is taken against the better of the two at each",
-        "concurrency. wrk writes each request in one piece. Requests/s, and latency",
-        "in milliseconds.",
+        "same pipeline and answer, with one onnxruntime thread per uvicorn process, run",
+        f"twice: as one process, and as {os.cpu_count()} so that it uses every core as mantle does. Each",
+        "process has its own `SO_REUSEPORT` socket with `TCP_NODELAY` (`baseline_sockets`",
+        "in `bench/run.py` says why: without them, uvicorn's multi-worker mode let one",
+        "worker take every connection and added 40 ms to each answer). The ratio is taken",
+        "against the better of the two at each concurrency. Requests/s, and latency in",
+        "milliseconds.",
         "",
         "| concurrency | " + " | ".join(f"{name} req/s | p50 | p99" for name in served) + " | mantle ÷ better baseline, req/s | p99 |",
         "| --- | " + " | ".join("--- | --- | ---" for _ in served) + " | --- | --- |",
@@ -620,7 +653,7 @@ def main():
         "",
         "Of the same servers: resident memory once they answer (idle), and the",
         "peak after the load above. For the baseline, a sum over uvicorn's",
-        "processes: its idle PSS counts pages the workers share once, while the",
+        "processes: its idle PSS counts pages the processes share once, while the",
         "peak adds each process's own high-water mark. mantle holds all three",
         "examples and their models; the baseline holds EfficientNet-Lite0 only. MiB.",
         "",

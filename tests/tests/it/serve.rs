@@ -653,3 +653,50 @@ fn the_node_names_its_kernel_level_and_answers_alike_at_every_level() {
     assert!(log.contains(&format!("MANTLE_CPU_KERNELS={asked}")), "{log}");
     assert!(log.contains(&format!("inference kernels: {level}; CPU: ")), "{log}");
 }
+
+/// EfficientNet-Lite0 over KServe, on a node at every kernel level this CPU
+/// has, against onnxruntime's probabilities for the same tensor
+/// (`tests/data/make_efficientnet_reference.py`). The `kernels` test
+/// reports the levels this CPU lacks.
+#[test]
+fn efficientnet_matches_onnxruntime_at_every_kernel_level() {
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("tests/data/efficientnet_reference.json")).expect("the reference is committed"),
+    )
+    .expect("JSON");
+    let want: Vec<f64> =
+        reference["probabilities"].as_array().expect("probabilities").iter().filter_map(|p| p.as_f64()).collect();
+    assert_eq!(want.len(), 1000);
+    let image: Vec<f32> = (0..3 * 224 * 224).map(|i: usize| ((i * 7919 % 255) as f32 - 127.0) / 128.0).collect();
+    let body = serde_json::json!({
+        "inputs": [{ "name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": image }]
+    });
+    let body = serde_json::to_vec(&body).expect("a JSON body");
+    let levels = ["portable", "avx2", "avx512"];
+    let here = levels.iter().position(|&l| l == level_for_this_cpu()).expect("a known level");
+    let data = tempfile::tempdir().expect("a temp dir");
+    for level in &levels[..=here] {
+        let mut node = ServedNode::demo_in_with_env(data.path(), &[("MANTLE_CPU_KERNELS", level)]);
+        let reply = node.post(&format!("/v2/models/{IMAGE_MODEL}/infer"), None, &body);
+        assert_status(&reply, 200, "KServe infer");
+        let logits: Vec<f64> = reply.json()["outputs"][0]["data"]
+            .as_array()
+            .expect("the logits")
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        assert_eq!(logits.len(), 1000, "{level}");
+        let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+        let worst = logits.iter().zip(&want).map(|(l, p)| ((l - top).exp() / total - p).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-4, "{level}: probabilities differ from onnxruntime's by up to {worst}");
+        let logit_gap = logits
+            .iter()
+            .zip(reference["logits"].as_array().expect("logits"))
+            .map(|(a, b)| (a - b.as_f64().unwrap_or(f64::NAN)).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{level}: probabilities within {worst:.1e} of onnxruntime's, logits within {logit_gap:.1e}");
+        node.terminate();
+        node.wait_exit(Duration::from_secs(30));
+    }
+}
