@@ -651,7 +651,7 @@ mod kernel {
         type Output = ();
 
         #[inline(always)]
-        fn run<V: Vector>(self) {
+        unsafe fn run<V: Vector>(self) {
             assert!(
                 V::LANES == self.panels.level.lanes() && V::REGISTERS == self.panels.level.registers(),
                 "panels laid out for another vector level"
@@ -678,7 +678,7 @@ mod kernel {
                         let count = rows.min(end - p);
                         // SAFETY: `Panels` sized `values` and `bias` for
                         // every panel, the caller checked the rest, and the
-                        // CPU has the vector's level, which `dispatch` checked.
+                        // CPU has the vector's level (`run`'s contract).
                         unsafe {
                             match (V::REGISTERS, panel.vectors) {
                                 (32, 1) => tile.block::<V, 12, 1>(panel, values, p, count),

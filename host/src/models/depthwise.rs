@@ -147,9 +147,9 @@ impl Kernel for Run<'_> {
     /// vector of the channels left, and the positions into groups of four,
     /// with single ones left.
     #[inline(always)]
-    fn run<V: Vector>(self) {
+    unsafe fn run<V: Vector>(self) {
         // SAFETY: the caller holds to `depthwise_c_f32`'s contract, and
-        // `dispatch` checked the CPU has the vector's level.
+        // the CPU has the vector's level (`run`'s contract).
         unsafe {
             let mut c = 0;
             while c + 2 * V::LANES <= self.channels {

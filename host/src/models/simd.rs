@@ -220,7 +220,10 @@ pub(super) trait Kernel {
     type Output;
     /// Must be `#[inline(always)]`, and so must everything generic it
     /// calls: that is what compiles it with the level's target features.
-    fn run<V: Vector>(self) -> Self::Output;
+    ///
+    /// # Safety
+    /// The CPU has `V`'s level; [`dispatch`] checks it.
+    unsafe fn run<V: Vector>(self) -> Self::Output;
 }
 
 /// Runs `kernel` compiled for `level`; `None`, running nothing, if this
@@ -231,7 +234,8 @@ pub(super) fn dispatch<K: Kernel>(level: Level, kernel: K) -> Option<K::Output> 
         return None;
     }
     match level {
-        Level::Portable => Some(kernel.run::<Portable>()),
+        // SAFETY: every CPU runs the portable level.
+        Level::Portable => Some(unsafe { kernel.run::<Portable>() }),
         // SAFETY: the CPU has the level's features, checked above.
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => Some(unsafe { x86_64::on_avx2(kernel) }),
@@ -322,14 +326,14 @@ mod x86_64 {
     /// The CPU has AVX-512F, AVX2 and FMA.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn on_avx512<K: Kernel>(kernel: K) -> K::Output {
-        kernel.run::<Avx512>()
+        unsafe { kernel.run::<Avx512>() }
     }
 
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn on_avx2<K: Kernel>(kernel: K) -> K::Output {
-        kernel.run::<Avx2>()
+        unsafe { kernel.run::<Avx2>() }
     }
 
     #[derive(Clone, Copy)]
