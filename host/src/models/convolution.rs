@@ -19,8 +19,11 @@
 //! stores whole vectors of channels with the bias, clamp and residual
 //! applied on the way out.
 //!
-//! It sums with fused multiply-adds in another order than tract, so results
-//! may differ from tract's in the last bits.
+//! The kernel is compiled for each vector level ([`super::simd`]): its
+//! panels are laid out for one level's width and its blocks sized for that
+//! level's registers. It sums in another order than tract, with fused
+//! multiply-adds where the level has them, so results may differ from
+//! tract's in the last bits.
 
 use std::sync::Arc;
 
