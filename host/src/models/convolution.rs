@@ -153,19 +153,11 @@ impl EvalOp for ChannelLastConv {
                 &gathered
             }
         };
-        anyhow::ensure!(
-            rows.len() == self.positions * self.panels.inputs,
-            "ChannelLastConv: {} input values for {} positions of {} channels",
-            rows.len(),
-            self.positions,
-            self.panels.inputs
-        );
         let residual = match inputs.get(1) {
             Some(residual) => Some(residual.try_as_plain_ram()?.as_slice::<f32>()?),
             None => None,
         };
         let len = self.positions * self.panels.outputs;
-        anyhow::ensure!(residual.is_none_or(|r| r.len() == len), "ChannelLastConv: residual of the wrong size");
         anyhow::ensure!(
             self.output_shape.iter().product::<usize>() == len,
             "ChannelLastConv: output shape {:?} does not hold {} positions of {} channels",
@@ -195,10 +187,17 @@ impl ChannelLastConv {
     fn run(&self, rows: &[f32], residual: Option<&[f32]>, output: &mut [f32]) -> TractResult<()> {
         let len = self.positions * self.panels.outputs;
         anyhow::ensure!(
-            rows.len() == self.positions * self.panels.inputs
-                && output.len() == len
-                && residual.is_none_or(|r| r.len() == len),
-            "ChannelLastConv: buffers of the wrong size"
+            rows.len() == self.positions * self.panels.inputs,
+            "ChannelLastConv: {} input values for {} positions of {} channels",
+            rows.len(),
+            self.positions,
+            self.panels.inputs
+        );
+        anyhow::ensure!(
+            output.len() == len && residual.is_none_or(|r| r.len() == len),
+            "ChannelLastConv: output or residual of the wrong size for {} positions of {} channels",
+            self.positions,
+            self.panels.outputs
         );
         let product = kernel::Product {
             panels: &self.panels,
