@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mantle::bundle::manifest::BundleManifest;
+use mantle_manifest::bundle::BundleManifest;
 
 fuzz_target!(|input: &[u8]| {
     if let Ok(text) = std::str::from_utf8(input)

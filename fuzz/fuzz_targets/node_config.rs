@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mantle::config::NodeConfig;
+use mantle_manifest::node::NodeConfig;
 use std::path::Path;
 
 fuzz_target!(|input: &[u8]| {

@@ -3,14 +3,15 @@
 //! that nothing half-checked is ever stored or served; and at start-up the
 //! active versions are restored from the store without recompiling.
 
-use crate::bundle::keys::parse_verifying_key;
-use crate::bundle::manifest::{ModelPolicy, Sha256};
 use crate::bundle::{Bundle, BundleError};
 use crate::models::{LoadError, LoadOptions, Model};
 use crate::node::{Deployed, HeldModel, Node, Tenant, compare_versions, module_grants};
 use crate::runtime::{GuestModule, ModuleSpec, SetupError};
 use crate::store::{Deployment, Store, StoreError};
 use ed25519_dalek::VerifyingKey;
+use mantle_manifest::bundle::ModelPolicy;
+use mantle_manifest::signer::PublicKey;
+use mantle_types::Sha256;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,25 +35,6 @@ pub enum DeployError {
     Conflict { module: String, owner: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl DeployError {
-    /// The HTTP status that says what kind of refusal this is.
-    pub fn status(&self) -> u16 {
-        match self {
-            DeployError::UnknownTenant(_) => 404,
-            DeployError::Store(StoreError::UnknownDeployment { .. } | StoreError::UnknownVersion { .. }) => 404,
-            DeployError::Conflict { .. } | DeployError::Store(StoreError::VersionExists { .. }) => 409,
-            DeployError::Bundle(BundleError::Unsigned | BundleError::UntrustedSigner(_)) => 403,
-            DeployError::Module(SetupError::Busy { .. }) => 503,
-            DeployError::Bundle(_)
-            | DeployError::Model { .. }
-            | DeployError::Module(_)
-            | DeployError::Limits { .. } => 422,
-            DeployError::Store(StoreError::Full { .. }) => 507,
-            DeployError::Store(_) => 500,
-        }
-    }
 }
 
 /// What a deployment change did.
@@ -94,13 +76,10 @@ struct Prepared {
 }
 
 impl Deployments {
-    /// Opens the store under `data_dir`. `trusted` are hex public keys; when
-    /// there are any, unsigned bundles and other signers are refused.
-    pub fn open(data_dir: &Path, trusted: &[String]) -> Result<Deployments, DeployError> {
-        let trusted = trusted
-            .iter()
-            .map(|key| parse_verifying_key(key).map_err(|e| DeployError::Bundle(BundleError::Signature(e))))
-            .collect::<Result<_, _>>()?;
+    /// Opens the store under `data_dir`. When there are `trusted` signers,
+    /// unsigned bundles and other signers are refused.
+    pub fn open(data_dir: &Path, trusted: &[PublicKey]) -> Result<Deployments, DeployError> {
+        let trusted = trusted.iter().map(|key| *key.verifying_key()).collect();
         Ok(Deployments {
             store: Store::open(data_dir)?,
             compiled_dir: data_dir.join("compiled"),

@@ -7,7 +7,6 @@
 //! the inference pool ([`models`]), and answers.
 
 pub mod bundle;
-pub mod config;
 pub mod deploy;
 pub mod examples;
 pub mod models;
@@ -17,3 +16,6 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod untrusted;
+
+pub use mantle_manifest as manifest;
+pub use mantle_types as types;

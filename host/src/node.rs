@@ -2,12 +2,11 @@
 //! the models it holds, and its tenants with their keys, grants, limits and
 //! compiled guest modules. Per request there is only a lookup left to do.
 
-use crate::config::{
-    Grant, Id, KeyHash, ModelConfig, ModuleConfig, Name, NodeConfig, NodeSettings, TenantConfig, TenantLimits,
-};
 use crate::examples::{DEMO_TENANT, EXAMPLES};
 use crate::models::{LoadError, LoadOptions, Model};
 use crate::runtime::{GuestModule, IsolatedCompiler, ModuleSpec, Runtime, RuntimeConfig, SetupError};
+use mantle_manifest::node::{ModelConfig, ModuleConfig, NodeConfig, NodeSettings, TenantConfig, TenantLimits};
+use mantle_types::{Grant, Id, Name, Sha256};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +21,8 @@ pub enum NodeError {
     ReadModule { tenant: String, module: String, path: PathBuf, source: std::io::Error },
     #[error("tenant `{tenant}`")]
     Module { tenant: String, source: SetupError },
+    #[error("module `{module}` of tenant `{tenant}`: there is no example `{example}`; the examples are {known:?}")]
+    UnknownExample { tenant: String, module: String, example: String, known: Vec<&'static str> },
     #[error(transparent)]
     Runtime(#[from] SetupError),
 }
@@ -38,7 +39,7 @@ pub struct HeldModel {
 pub struct Tenant {
     pub id: String,
     pub limits: TenantLimits,
-    pub(crate) key_hashes: Vec<KeyHash>,
+    pub(crate) key_hashes: Vec<Sha256>,
     /// The model versions the tenant was granted, in configuration order.
     models: Vec<Arc<HeldModel>>,
     /// Modules from the configuration.
@@ -257,8 +258,14 @@ fn build_module(
             source,
         })?),
         (None, example) => {
-            let example = EXAMPLES.iter().find(|e| Some(e.name) == example.as_deref());
-            std::borrow::Cow::Borrowed(example.map_or(&[][..], |e| e.wasm))
+            let name = example.as_deref().unwrap_or_default();
+            let example = EXAMPLES.iter().find(|e| e.name == name).ok_or_else(|| NodeError::UnknownExample {
+                tenant: tenant.to_owned(),
+                module: config.id.to_string(),
+                example: name.to_owned(),
+                known: EXAMPLES.iter().map(|e| e.name).collect(),
+            })?;
+            std::borrow::Cow::Borrowed(example.wasm)
         }
     };
     let started = std::time::Instant::now();
@@ -272,12 +279,14 @@ fn build_module(
 /// The configuration of the bundled examples: each example model from
 /// `models_dir`, and tenant `demo` running every example guest.
 fn examples_config(models_dir: &Path) -> NodeConfig {
-    let grant = |name: &str| Grant { name: Name(name.to_owned()), version: None };
+    // The examples' names are constants that are valid ids and names.
+    let name = |text: &str| Name::new(text).expect("an example's model name is valid");
+    let grant = |model: &str| Grant::every_version(name(model));
     let models = EXAMPLES
         .iter()
         .map(|example| ModelConfig {
-            name: Name(example.model.to_owned()),
-            version: Name("1".to_owned()),
+            name: name(example.model),
+            version: Name::first_version(),
             path: example.model_path(models_dir),
             pin: example.load_options().pinned_dims,
         })
@@ -285,7 +294,7 @@ fn examples_config(models_dir: &Path) -> NodeConfig {
     let modules = EXAMPLES
         .iter()
         .map(|example| ModuleConfig {
-            id: Id(example.name.to_owned()),
+            id: Id::new(example.name).expect("an example's name is a valid id"),
             path: None,
             example: Some(example.name.to_owned()),
             models: vec![grant(example.model)],
@@ -297,7 +306,7 @@ fn examples_config(models_dir: &Path) -> NodeConfig {
         node: Default::default(),
         models,
         tenants: vec![TenantConfig {
-            id: Id(DEMO_TENANT.to_owned()),
+            id: Id::new(DEMO_TENANT).expect("the demo tenant's name is a valid id"),
             key_sha256: Vec::new(),
             grants: EXAMPLES.iter().map(|e| grant(e.model)).collect(),
             limits: TenantLimits::default(),

@@ -36,6 +36,12 @@ pub fn sample(name: &str) -> Vec<u8> {
 }
 
 /// A `POST /` request with `body`.
+/// The HTTP status a node answers a guest request that failed with
+/// `error`.
+pub fn http_status(error: &HandleError) -> u16 {
+    mantle::server::status::of_guest(error).as_u16()
+}
+
 pub fn post(body: impl Into<Vec<u8>>) -> Request {
     Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body: body.into() }
 }

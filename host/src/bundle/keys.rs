@@ -3,6 +3,7 @@
 //! and `NAME.pub`.
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use mantle_manifest::signer::PublicKey;
 use std::path::{Path, PathBuf};
 
 /// Why a key could not be made, read or written.
@@ -62,9 +63,7 @@ pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
 
 /// A public key from its hex form.
 pub fn parse_verifying_key(text: &str) -> Result<VerifyingKey, String> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| "a public key is 64 hex digits".to_owned())?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid ed25519 public key".to_owned())
+    text.parse::<PublicKey>().map(|key| *key.verifying_key())
 }
 
 fn read_hex32(path: &Path) -> Result<[u8; 32], KeyError> {

@@ -5,11 +5,11 @@
 //! is used. Reading and writing bundles only: nothing is loaded here.
 
 pub mod keys;
-pub mod manifest;
 
 use crate::untrusted::{escaped, escaped_keeping_lines};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use manifest::{BundleManifest, BundlePath, Sha256};
+use mantle_manifest::bundle::{BundleManifest, BundlePath};
+use mantle_types::Sha256;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -231,11 +231,6 @@ impl Bundle {
             Some(signer) if trusted.contains(signer) => Ok(()),
             Some(signer) => Err(BundleError::UntrustedSigner(hex::encode(signer.as_bytes()))),
         }
-    }
-
-    /// The total size of the bundle's files.
-    pub fn size(&self) -> u64 {
-        self.files.values().map(|f| f.len() as u64).sum()
     }
 }
 

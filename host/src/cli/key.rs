@@ -4,7 +4,7 @@
 use super::Failure;
 use anyhow::Context;
 use clap::Args;
-use mantle::server::auth::key_hash;
+use mantle::types::Sha256;
 use std::io::Read;
 
 /// Make a new tenant API key and print it with its SHA-256, or print the
@@ -32,6 +32,6 @@ pub fn run(args: KeyArgs) -> Result<(), Failure> {
     if !args.stdin {
         println!("key:        {key}");
     }
-    println!("key_sha256: \"{}\"", hex::encode(key_hash(&key)));
+    println!("key_sha256: \"{}\"", Sha256::of(key.as_bytes()));
     Ok(())
 }

@@ -140,7 +140,7 @@ fn init_logging(default_filter: &str) {
 /// default limits on memory and time.
 pub(crate) fn isolated_compiler() -> anyhow::Result<mantle::runtime::IsolatedCompiler> {
     use anyhow::Context;
-    let defaults = mantle::config::NodeSettings::default();
+    let defaults = mantle::manifest::node::NodeSettings::default();
     mantle::runtime::IsolatedCompiler::current_exe(
         defaults.compile_memory_mib << 20,
         std::time::Duration::from_millis(defaults.compile_timeout_ms),

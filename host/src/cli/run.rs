@@ -98,7 +98,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let response = runtime
         .handle(&module, request, &request_id)
         .await
-        .map_err(|e| Failure::Guest(format!("{e} (status {})", e.status())))?;
+        .map_err(|e| Failure::Guest(format!("{e} (a node would answer {})", mantle::server::status::of_guest(&e))))?;
     if !(200..300).contains(&response.status) {
         // The body is the guest's: it reaches the terminal escaped.
         return Err(Failure::Guest(format!(

@@ -4,9 +4,9 @@
 use super::Failure;
 use anyhow::Context;
 use clap::Args;
-use mantle::config::NodeConfig;
 use mantle::deploy::Deployments;
 use mantle::examples::{DEMO_TENANT, EXAMPLES};
+use mantle::manifest::node::NodeConfig;
 use mantle::node::Node;
 use mantle::server::{Server, serve, tls};
 use std::io::Write;

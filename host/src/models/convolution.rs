@@ -731,6 +731,8 @@ mod kernel {
         /// same code and stores only its `count` rows.
         #[inline(always)]
         unsafe fn rows<const P: usize>(&self, first: usize, count: usize) -> [*const f32; P] {
+            // SAFETY: rows below `count` lie in the tile's input, which `run`
+            // checked holds every row of `inputs` values.
             std::array::from_fn(|p| unsafe { self.input.add((first + p.min(count - 1)) * self.inputs) })
         }
 
@@ -747,6 +749,9 @@ mod kernel {
             first: usize,
             count: usize,
         ) {
+            // SAFETY: `run` checked that the input, weights, bias, residual and
+            // output hold every row and channel the tile reaches, and the CPU has
+            // `V`'s level (`Kernel::run`'s contract).
             unsafe {
                 let rows = self.rows::<P>(first, count);
                 let mut bias = [V::zero(); W];
@@ -780,6 +785,9 @@ mod kernel {
             count: usize,
             acc: [[V; W]; P],
         ) {
+            // SAFETY: `run` checked that the input, weights, bias, residual and
+            // output hold every row and channel the tile reaches, and the CPU has
+            // `V`'s level (`Kernel::run`'s contract).
             unsafe {
                 let clamp = self.clamp.map(|(low, high)| (V::splat(low), V::splat(high)));
                 // Every row is visited and the short block's rows skipped,

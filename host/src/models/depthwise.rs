@@ -122,6 +122,8 @@ pub fn depthwise_at(
 /// block's last vector holds only `last`.
 #[inline(always)]
 unsafe fn load_lanes<V: Vector, const W: usize>(at: *const f32, v: usize, last: usize) -> V {
+    // SAFETY: the caller's contract: `at` is valid for a whole vector, or for
+    // `last` lanes when `v` is the block's last.
     unsafe { if v + 1 == W && last < V::LANES { V::load_first(at, last) } else { V::load(at) } }
 }
 
@@ -172,6 +174,8 @@ impl Run<'_> {
     /// vector only its first `last` lanes.
     #[inline(always)]
     unsafe fn positions<V: Vector, const W: usize>(&self, c: usize, last: usize) {
+        // SAFETY: the caller holds to `depthwise_c_f32`'s contract for every
+        // position and channel of the block, and the CPU has `V`'s level.
         unsafe {
             let mut i = 0;
             while i + 4 <= self.len {
@@ -190,6 +194,8 @@ impl Run<'_> {
     /// `LANES` channels (`last`) takes the masked loads and stores.
     #[inline(always)]
     unsafe fn block<V: Vector, const P: usize, const W: usize>(&self, c: usize, i: usize, last: usize) {
+        // SAFETY: the caller holds to `depthwise_c_f32`'s contract for every
+        // position and channel of the block, and the CPU has `V`'s level.
         unsafe {
             let mut bias = [V::zero(); W];
             for (v, b) in bias.iter_mut().enumerate() {

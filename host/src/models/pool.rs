@@ -29,7 +29,6 @@ pub enum PoolError {
 /// Runs blocking inference jobs on dedicated threads, fairly across tenants.
 pub struct InferencePool {
     shared: Arc<Shared>,
-    threads: usize,
 }
 
 struct Shared {
@@ -134,11 +133,7 @@ impl InferencePool {
                 .spawn(move || worker.work())
                 .map_err(|e| PoolError::Start(e.to_string()))?;
         }
-        Ok(InferencePool { shared, threads })
-    }
-
-    pub fn size(&self) -> usize {
-        self.threads
+        Ok(InferencePool { shared })
     }
 
     /// Queues `job` for `tenant` and waits for it without blocking the

@@ -240,6 +240,7 @@ pub(super) fn dispatch<K: Kernel>(level: Level, kernel: K) -> Option<K::Output> 
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => Some(unsafe { x86_64::on_avx2(kernel) }),
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA: `supported` checked it above.
         Level::Avx512 => Some(unsafe { x86_64::on_avx512(kernel) }),
         #[cfg(not(target_arch = "x86_64"))]
         Level::Avx2 | Level::Avx512 => None,
@@ -261,6 +262,7 @@ impl Vector for Portable {
 
     #[inline(always)]
     unsafe fn load(at: *const f32) -> Self {
+        // SAFETY: the caller's contract: `at` is valid for `LANES` reads.
         Portable(unsafe { at.cast::<[f32; 8]>().read_unaligned() })
     }
 
@@ -268,6 +270,8 @@ impl Vector for Portable {
     unsafe fn load_first(at: *const f32, lanes: usize) -> Self {
         let mut values = [0.0; 8];
         for (lane, value) in values.iter_mut().enumerate().take(lanes) {
+            // SAFETY: `lane` < `lanes`, and the caller's contract makes `at` valid
+            // for `lanes` reads.
             *value = unsafe { *at.add(lane) };
         }
         Portable(values)
@@ -275,6 +279,8 @@ impl Vector for Portable {
 
     #[inline(always)]
     unsafe fn broadcast(at: *const f32) -> Self {
+        // SAFETY: the caller's contract: `at` is valid for one read, on a CPU with
+        // this vector's level.
         Portable([unsafe { *at }; 8])
     }
 
@@ -285,12 +291,15 @@ impl Vector for Portable {
 
     #[inline(always)]
     unsafe fn store(self, at: *mut f32) {
+        // SAFETY: the caller's contract: `at` is valid for `LANES` writes.
         unsafe { at.cast::<[f32; 8]>().write_unaligned(self.0) }
     }
 
     #[inline(always)]
     unsafe fn store_first(self, at: *mut f32, lanes: usize) {
         for (lane, value) in self.0.iter().enumerate().take(lanes) {
+            // SAFETY: `lane` < `lanes`, and the caller's contract makes `at` valid
+            // for `lanes` writes.
             unsafe { *at.add(lane) = *value };
         }
     }
@@ -326,6 +335,7 @@ mod x86_64 {
     /// The CPU has AVX-512F, AVX2 and FMA.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn on_avx512<K: Kernel>(kernel: K) -> K::Output {
+        // SAFETY: this function's contract: the CPU has AVX-512F, which `Avx512` needs.
         unsafe { kernel.run::<Avx512>() }
     }
 
@@ -333,6 +343,7 @@ mod x86_64 {
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn on_avx2<K: Kernel>(kernel: K) -> K::Output {
+        // SAFETY: this function's contract: the CPU has AVX2 and FMA, which `Avx2` needs.
         unsafe { kernel.run::<Avx2>() }
     }
 
@@ -342,6 +353,8 @@ mod x86_64 {
     /// A mask of the first `lanes` of eight 32-bit lanes.
     #[inline(always)]
     unsafe fn first_lanes(lanes: usize) -> __m256i {
+        // SAFETY: register arithmetic only; the caller's contract is that the CPU
+        // has this vector's level.
         unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
     }
 
@@ -351,56 +364,78 @@ mod x86_64 {
 
         #[inline(always)]
         unsafe fn zero() -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx2(unsafe { _mm256_setzero_ps() })
         }
 
         #[inline(always)]
         unsafe fn load(at: *const f32) -> Self {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `LANES` reads.
             Avx2(unsafe { _mm256_loadu_ps(at) })
         }
 
         #[inline(always)]
         unsafe fn load_first(at: *const f32, lanes: usize) -> Self {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `lanes` reads; the mask reads no lane past them.
             Avx2(unsafe { _mm256_maskload_ps(at, first_lanes(lanes)) })
         }
 
         #[inline(always)]
         unsafe fn broadcast(at: *const f32) -> Self {
+            // SAFETY: the caller's contract: `at` is valid for one read, on a CPU
+            // with this vector's level.
             Avx2(unsafe { _mm256_broadcast_ss(&*at) })
         }
 
         #[inline(always)]
         unsafe fn splat(value: f32) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx2(unsafe { _mm256_set1_ps(value) })
         }
 
         #[inline(always)]
         unsafe fn store(self, at: *mut f32) {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `LANES` writes.
             unsafe { _mm256_storeu_ps(at, self.0) }
         }
 
         #[inline(always)]
         unsafe fn store_first(self, at: *mut f32, lanes: usize) {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `lanes` writes; the mask writes no lane past them.
             unsafe { _mm256_maskstore_ps(at, first_lanes(lanes), self.0) }
         }
 
         #[inline(always)]
         unsafe fn mul_add(self, by: Self, to: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx2(unsafe { _mm256_fmadd_ps(self.0, by.0, to.0) })
         }
 
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx2(unsafe { _mm256_add_ps(self.0, other.0) })
         }
 
         #[inline(always)]
         unsafe fn min(self, other: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx2(unsafe { _mm256_min_ps(self.0, other.0) })
         }
 
         #[inline(always)]
         unsafe fn max(self, other: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx2(unsafe { _mm256_max_ps(self.0, other.0) })
         }
     }
@@ -420,56 +455,78 @@ mod x86_64 {
 
         #[inline(always)]
         unsafe fn zero() -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx512(unsafe { _mm512_setzero_ps() })
         }
 
         #[inline(always)]
         unsafe fn load(at: *const f32) -> Self {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `LANES` reads.
             Avx512(unsafe { _mm512_loadu_ps(at) })
         }
 
         #[inline(always)]
         unsafe fn load_first(at: *const f32, lanes: usize) -> Self {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `lanes` reads; the mask reads no lane past them.
             Avx512(unsafe { _mm512_maskz_loadu_ps(first_of_sixteen(lanes), at) })
         }
 
         #[inline(always)]
         unsafe fn broadcast(at: *const f32) -> Self {
+            // SAFETY: the caller's contract: `at` is valid for one read, on a CPU
+            // with this vector's level.
             Avx512(unsafe { _mm512_set1_ps(*at) })
         }
 
         #[inline(always)]
         unsafe fn splat(value: f32) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx512(unsafe { _mm512_set1_ps(value) })
         }
 
         #[inline(always)]
         unsafe fn store(self, at: *mut f32) {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `LANES` writes.
             unsafe { _mm512_storeu_ps(at, self.0) }
         }
 
         #[inline(always)]
         unsafe fn store_first(self, at: *mut f32, lanes: usize) {
+            // SAFETY: the caller's contract: the CPU has this vector's level and
+            // `at` is valid for `lanes` writes; the mask writes no lane past them.
             unsafe { _mm512_mask_storeu_ps(at, first_of_sixteen(lanes), self.0) }
         }
 
         #[inline(always)]
         unsafe fn mul_add(self, by: Self, to: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx512(unsafe { _mm512_fmadd_ps(self.0, by.0, to.0) })
         }
 
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx512(unsafe { _mm512_add_ps(self.0, other.0) })
         }
 
         #[inline(always)]
         unsafe fn min(self, other: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx512(unsafe { _mm512_min_ps(self.0, other.0) })
         }
 
         #[inline(always)]
         unsafe fn max(self, other: Self) -> Self {
+            // SAFETY: register arithmetic only; the caller's contract is that the
+            // CPU has this vector's level.
             Avx512(unsafe { _mm512_max_ps(self.0, other.0) })
         }
     }

@@ -1,48 +1,11 @@
-//! Per-module resource limits, and the store limiter that holds one
-//! request to them: one memory account for everything the request's
+//! The store limiter that holds one request to its module's limits
+//! ([`ModuleLimits`]): one memory account for everything the request's
 //! instance holds (every linear memory, every table, the `wasi:nn` tensors
 //! it keeps in the host), and caps on how many instances, memories and
 //! tables its component may create, whatever the component's shape.
 
-use std::time::Duration;
+pub use mantle_types::ModuleLimits;
 use wasmtime::ResourceLimiter;
-
-/// What one request of a module may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModuleLimits {
-    /// Most bytes the guest instance may hold at once: its linear memories,
-    /// its tables and its `wasi:nn` tensors, together.
-    pub memory_bytes: usize,
-    /// Wall-clock time for one request, from instantiation to the response.
-    pub deadline: Duration,
-}
-
-impl ModuleLimits {
-    /// Ceiling for any module's memory: the pooling allocator reserves
-    /// address space for this much per linear memory.
-    pub const MAX_MEMORY_BYTES: usize = 4 << 30;
-
-    /// Checks that a guest could run within these limits at all.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.memory_bytes < 1 << 20 || self.memory_bytes > Self::MAX_MEMORY_BYTES {
-            return Err(format!(
-                "memory limit {} bytes is outside 1 MiB..={} GiB",
-                self.memory_bytes,
-                Self::MAX_MEMORY_BYTES >> 30
-            ));
-        }
-        if self.deadline.is_zero() {
-            return Err("the deadline is zero".to_owned());
-        }
-        Ok(())
-    }
-}
-
-impl Default for ModuleLimits {
-    fn default() -> Self {
-        ModuleLimits { memory_bytes: 256 << 20, deadline: Duration::from_secs(10) }
-    }
-}
 
 /// Core instances one component may create. A Rust `wasm32-wasip2` guest
 /// has three (its program and two small shims); guests that link shared
@@ -134,17 +97,6 @@ impl ResourceLimiter for GuestLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn defaults_are_usable_and_extremes_are_refused() {
-        assert_eq!(ModuleLimits::default().validate(), Ok(()));
-        let too_small = ModuleLimits { memory_bytes: 4096, ..Default::default() };
-        assert!(too_small.validate().is_err_and(|m| m.contains("memory limit")));
-        let too_large = ModuleLimits { memory_bytes: ModuleLimits::MAX_MEMORY_BYTES + 1, ..Default::default() };
-        assert!(too_large.validate().is_err());
-        let no_time = ModuleLimits { deadline: Duration::ZERO, ..Default::default() };
-        assert!(no_time.validate().is_err_and(|m| m.contains("deadline")));
-    }
 
     #[test]
     fn every_memory_and_table_draws_on_one_account() {

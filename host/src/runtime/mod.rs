@@ -24,6 +24,7 @@ use crate::untrusted::{Untrusted, escaped};
 use bindings::{Guest, GuestPre};
 use compiler::CompileFailure;
 use guest_output::{GuestOutput, LogTags, OutputRate, Stream};
+use mantle_types::Sha256;
 use state::GuestState;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -153,23 +154,6 @@ fn guest_error_message(error: &GuestError) -> &str {
 }
 
 impl HandleError {
-    /// The HTTP status this outcome maps to.
-    pub fn status(&self) -> u16 {
-        match self {
-            HandleError::Guest(GuestError::InvalidInput(_)) => 400,
-            HandleError::Guest(GuestError::UnsupportedMediaType(_)) => 415,
-            HandleError::Guest(GuestError::Internal(_)) => 500,
-            HandleError::Guest(GuestError::Forbidden(_)) => 403,
-            HandleError::Deadline(_) => 504,
-            HandleError::MemoryLimit { .. }
-            | HandleError::Trap(_)
-            | HandleError::Start(_)
-            | HandleError::ResponseTooLarge { .. }
-            | HandleError::HeadersTooLarge { .. } => 500,
-            HandleError::Busy(_) => 503,
-        }
-    }
-
     /// For the guest's own `error` case, the message it gave, as it gave
     /// it: for a body that encodes it (JSON), never for a log line.
     pub fn guest_message(&self) -> Option<&str> {
@@ -264,6 +248,21 @@ pub struct Runtime {
     tenants: Mutex<HashMap<String, Arc<TenantAccount>>>,
 }
 
+/// Feeds what a `Hash` implementation writes into SHA-256, so that the
+/// digest, unlike `DefaultHasher`'s, is the same in every build.
+struct DigestHasher(sha2::Sha256);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest = sha2::Digest::finalize(self.0.clone());
+        u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+    }
+}
+
 /// Counts a guest instance as live, node-wide and for its tenant, for as
 /// long as it is held.
 struct LiveInstance {
@@ -341,8 +340,7 @@ impl Runtime {
         wasm: &[u8],
         cache_dir: &Path,
     ) -> Result<(GuestModule, bool), SetupError> {
-        let path =
-            cache_dir.join(format!("{}-{:016x}.cwasm", crate::bundle::manifest::Sha256::of(wasm), self.engine_hash()));
+        let path = cache_dir.join(format!("{}.cwasm", self.compiled_code_key(wasm)));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with these settings (its name says so), into the
@@ -373,13 +371,19 @@ impl Runtime {
         Ok((module, false))
     }
 
-    /// Identifies the engine's settings: compiled code from one engine
-    /// loads only into an engine with the same hash.
-    fn engine_hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
-        hasher.finish()
+    /// Names the compiled code of `wasm` in the cache: the SHA-256 of the
+    /// engine's settings, which with wasmtime's default version strategy
+    /// include wasmtime's version, then of the component. Compiled code
+    /// loads only into an engine like the one that made it, and the name
+    /// is the same from one build of mantle to the next.
+    fn compiled_code_key(&self, wasm: &[u8]) -> Sha256 {
+        use sha2::Digest;
+        use std::hash::Hash;
+        let mut settings = DigestHasher(sha2::Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut settings);
+        let mut key = settings.0;
+        key.update(wasm);
+        Sha256(key.finalize().into())
     }
 
     /// Checks the component's shape, then compiles it here or in a child

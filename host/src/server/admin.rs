@@ -2,7 +2,7 @@
 //! bundle as a new version of a tenant's deployment (and activate it), list
 //! deployments, activate an earlier version, delete a deployment.
 
-use super::auth::key_hash;
+use super::auth::{bearer_token, token_matches};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{RequestId, Shared};
@@ -10,12 +10,11 @@ use crate::deploy::DeployError;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Extension;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 pub fn routes() -> axum::Router<Arc<super::Server>> {
     axum::Router::new()
@@ -24,6 +23,20 @@ pub fn routes() -> axum::Router<Arc<super::Server>> {
         .route("/admin/v1/tenants/{tenant}/deployments", post(upload))
         .route("/admin/v1/tenants/{tenant}/deployments/{name}", axum::routing::delete(delete))
         .route("/admin/v1/tenants/{tenant}/deployments/{name}/activate", post(activate))
+        .route_layer(axum::middleware::from_fn(name_operation))
+}
+
+/// Names the operation of an answered admin request by its method and
+/// route, so that `observe` logs and counts it as the operator's.
+async fn name_operation(
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let operation = format!("{} {}", request.method(), matched.as_str());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(super::AdminOperation(operation));
+    response
 }
 
 /// Refuses a request that does not carry the operator token.
@@ -31,15 +44,11 @@ fn operator(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.node.settings.admin_token_sha256 else {
         return Err(ApiError::forbidden("the admin API is off: set admin_token_sha256 in the [node] table"));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "the admin API needs `Authorization: Bearer <token>`")
-        })?;
-    if bool::from(expected.0.ct_eq(&key_hash(presented))) {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let presented = bearer_token(headers)
+        .map_err(unauthorized)?
+        .ok_or_else(|| unauthorized("the admin API needs `Authorization: Bearer <token>`"))?;
+    if token_matches(expected, presented) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::UNAUTHORIZED, "the operator token is not valid"))
@@ -47,7 +56,7 @@ fn operator(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn refused(error: DeployError) -> ApiError {
-    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = super::status::of_deploy(&error);
     // The whole chain: a refusal names the file or field at fault.
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -113,7 +122,7 @@ async fn list(state: Shared, headers: HeaderMap) -> Response {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct TenantSummary {
     pub id: String,
-    pub limits: crate::config::TenantLimits,
+    pub limits: mantle_manifest::node::TenantLimits,
     pub max_instances: usize,
 }
 

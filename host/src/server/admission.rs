@@ -3,10 +3,10 @@
 //! refusal is an immediate status, never a hang.
 
 use super::error::ApiError;
-use crate::config::TenantLimits;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::BodyExt;
+use mantle_manifest::node::TenantLimits;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -180,7 +180,7 @@ fn guest_response(response: GuestResponse, request_id: &str) -> Result<Response,
 /// the id reaches the client; everything the guest wrote is escaped in the
 /// log (see `crate::untrusted`).
 fn handle_error(error: HandleError, tenant: &str, module: &str, request_id: &str) -> ApiError {
-    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = super::status::of_guest(&error);
     match &error {
         HandleError::Guest(_) => ApiError::new(status, error.guest_message().unwrap_or_default()),
         HandleError::Deadline(_) => ApiError::new(status, error.to_string()),

@@ -27,6 +27,17 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminLabels {
+    operation: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabels {
     tenant: String,
 }
@@ -47,6 +58,8 @@ pub struct NodeMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
+    admin_requests: Family<AdminLabels, Counter>,
+    admin_seconds: Family<OperationLabels, Histogram>,
     guest_seconds: Family<RouteLabels, Histogram>,
     inference_seconds: Family<ModelLabels, Histogram>,
     received_bytes: Family<TenantLabels, Counter>,
@@ -70,6 +83,8 @@ impl NodeMetrics {
             registry: Registry::with_prefix("mantle"),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(duration_histogram),
+            admin_requests: Family::default(),
+            admin_seconds: Family::new_with_constructor(duration_histogram),
             guest_seconds: Family::new_with_constructor(duration_histogram),
             inference_seconds: Family::new_with_constructor(duration_histogram),
             received_bytes: Family::default(),
@@ -86,6 +101,16 @@ impl NodeMetrics {
             "request_duration_seconds",
             "Time from receiving a request to answering it",
             metrics.request_seconds.clone(),
+        );
+        registry.register(
+            "admin_requests",
+            "Admin API requests answered, by operation (method and route) and status",
+            metrics.admin_requests.clone(),
+        );
+        registry.register(
+            "admin_request_duration_seconds",
+            "Time from receiving an admin API request to answering it, by operation",
+            metrics.admin_seconds.clone(),
         );
         registry.register(
             "guest_duration_seconds",
@@ -128,6 +153,14 @@ impl NodeMetrics {
             .inc();
         self.request_seconds.get_or_create(&route).observe(elapsed.as_secs_f64());
         self.sent_bytes.get_or_create(&TenantLabels { tenant: route.tenant }).inc_by(sent);
+    }
+
+    /// Counts an answered admin API request.
+    pub fn admin_request(&self, operation: &str, status: u16, elapsed: Duration) {
+        let labels = AdminLabels { operation: operation.to_owned(), status: status.to_string() };
+        self.admin_requests.get_or_create(&labels).inc();
+        let labels = OperationLabels { operation: operation.to_owned() };
+        self.admin_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     pub fn received(&self, tenant: &str, bytes: u64) {

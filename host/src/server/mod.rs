@@ -12,6 +12,9 @@ mod extract;
 mod guest_route;
 pub mod kserve;
 mod metrics;
+pub mod status;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 
 use crate::deploy::Deployments;
@@ -59,6 +62,10 @@ type Shared = State<Arc<Server>>;
 /// A request's id, as the handlers see it.
 #[derive(Clone)]
 struct RequestId(Arc<str>);
+
+/// The operator's request a response answers: its method and route.
+#[derive(Clone)]
+struct AdminOperation(String);
 
 /// Whom a response is charged to, set by the handler that knew.
 #[derive(Clone, Default)]
@@ -183,7 +190,9 @@ pub async fn serve(
     }
 }
 
-/// Tags each request with an id, logs it, and counts it.
+/// Tags each request with an id; logs and counts it as its tenant's, or as
+/// the operator's. Probes and scrapes (`/healthz`, `/readyz`, `/metrics`)
+/// are logged at debug only.
 async fn observe(State(server): Shared, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request
@@ -199,13 +208,19 @@ async fn observe(State(server): Shared, mut request: Request, next: Next) -> Res
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status();
+    let elapsed_ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1e3);
     if let Some(charge) = response.extensions().get::<Charge>() {
         let sent = response.body().size_hint().exact().unwrap_or(0);
         server.metrics.request(&charge.tenant, &charge.module, status.as_u16(), elapsed, sent);
         tracing::info!(
             parent: &span, %method, %path, status = status.as_u16(), tenant = %charge.tenant,
-            module = %charge.module, elapsed_ms = %format_args!("{:.1}", elapsed.as_secs_f64() * 1e3), "answered"
+            module = %charge.module, %elapsed_ms, "answered"
         );
+    } else if let Some(AdminOperation(operation)) = response.extensions().get::<AdminOperation>() {
+        server.metrics.admin_request(operation, status.as_u16(), elapsed);
+        tracing::info!(parent: &span, %method, %path, status = status.as_u16(), operator = true, %elapsed_ms, "answered");
+    } else {
+        tracing::debug!(parent: &span, %method, %path, status = status.as_u16(), %elapsed_ms, "answered");
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -1,7 +1,7 @@
 //! The node's TLS identity: reads the operator's certificate chain and
 //! private key (PEM) into a rustls acceptor for the listener.
 
-use crate::config::TlsSettings;
+use mantle_manifest::node::TlsSettings;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::PathBuf;

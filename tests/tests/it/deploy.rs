@@ -337,7 +337,7 @@ fn a_node_killed_during_deploys_restarts_into_the_old_or_the_new_version() {
         // before or the one being deployed, complete.
         {
             let store = mantle::store::Store::open(&data).expect("the store opens after a kill");
-            assert_eq!(store.damaged_blobs().expect("blobs checked"), Vec::<String>::new(), "round {round}");
+            assert_eq!(damaged_blobs(&data), Vec::<String>::new(), "round {round}");
             let deployments = store.deployments().expect("deployments");
             let now = deployments.iter().find(|d| d.name == "greeter").and_then(|d| d.active.clone());
             assert!(
@@ -604,4 +604,55 @@ fn a_bundle_whose_module_can_never_start_is_refused_and_the_active_version_serve
         assert_eq!(greeting(&node), "version 1", "{what}: the active version still serves");
         neighbour_is_served(&node);
     }
+}
+
+/// Every blob in the store under `data` whose bytes do not hash to its
+/// name, read straight off the disk.
+fn damaged_blobs(data: &Path) -> Vec<String> {
+    let blobs = std::fs::read_dir(data.join("blobs")).expect("the store has a blob directory");
+    let mut damaged = Vec::new();
+    for entry in blobs {
+        let entry = entry.expect("a blob's directory entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).expect("a blob reads");
+        if mantle::types::Sha256::of(&bytes).to_string() != name {
+            damaged.push(name);
+        }
+    }
+    damaged
+}
+
+/// The operator's requests are observed as tenants' are: each has a
+/// request id, a log line naming it and its outcome, and a count in
+/// `/metrics` by operation and status, refusals included. The bearer
+/// scheme is read in any case, as for tenants.
+#[test]
+fn every_admin_request_is_logged_with_its_request_id_and_counted() {
+    let node = ServedNode::with_config(&node_config(&[]));
+    let id = [("x-request-id", "operator-call-7")];
+    let listed = node.send_with("GET", "/admin/v1/deployments", Some(OPERATOR_TOKEN), &id, b"");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.header("x-request-id"), Some("operator-call-7"));
+    let lowercase = [("authorization", format!("bearer {OPERATOR_TOKEN}"))];
+    let lowercase: Vec<(&str, &str)> = lowercase.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    assert_eq!(node.send_with("GET", "/admin/v1/tenants", None, &lowercase, b"").status, 200);
+    let refused = node.send("DELETE", "/admin/v1/tenants/acme/deployments/greeter", Some("not-the-token"), b"");
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let refused_id = refused.header("x-request-id").expect("a refusal has a request id too").to_owned();
+
+    node.wait_for_stderr("operator-call-7", Duration::from_secs(5));
+    node.wait_for_stderr(&refused_id, Duration::from_secs(5));
+    let log = node.stderr();
+    let line = log.lines().find(|l| l.contains("operator-call-7")).expect("the listing's log line");
+    assert!(line.contains("/admin/v1/deployments") && line.contains("status=200"), "{line}");
+    let line = log.lines().find(|l| l.contains(&refused_id)).expect("the refusal's log line");
+    assert!(line.contains("status=401"), "{line}");
+
+    let metrics = node.metrics();
+    let count = |operation: &str, status: &str| {
+        metrics.value("mantle_admin_requests_total", &[("operation", operation), ("status", status)])
+    };
+    assert_eq!(count("GET /admin/v1/deployments", "200"), 1.0);
+    assert_eq!(count("GET /admin/v1/tenants", "200"), 1.0);
+    assert_eq!(count("DELETE /admin/v1/tenants/{tenant}/deployments/{name}", "401"), 1.0);
 }

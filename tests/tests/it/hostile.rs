@@ -9,7 +9,7 @@ use mantle::runtime::{
 };
 use mantle_tests::crafted::{self, Crafted};
 use mantle_tests::served::{ServedNode, program_module, tenant};
-use mantle_tests::{Node, node, post, programs};
+use mantle_tests::{Node, http_status, node, post, programs};
 use std::time::Duration;
 
 /// `hostile` told to misbehave as `query` says.
@@ -33,7 +33,7 @@ async fn with_a_neighbour(node: &Node, query: &str) -> Result<Response, HandleEr
 async fn endless_recursion_is_a_stack_overflow_trap() {
     let error = with_a_neighbour(node(), "recurse").await.expect_err("the stack runs out");
     assert!(matches!(&error, HandleError::Trap(message) if message.contains("stack")), "{error:?}");
-    assert_eq!(error.status(), 500);
+    assert_eq!(http_status(&error), 500);
 }
 
 #[tokio::test]
@@ -41,7 +41,7 @@ async fn a_panic_or_unreachable_is_a_trap() {
     for query in ["panic", "unreachable"] {
         let error = with_a_neighbour(node(), query).await.expect_err("it crashes");
         assert!(matches!(&error, HandleError::Trap(message) if message.contains("unreachable")), "{query}: {error:?}");
-        assert_eq!(error.status(), 500);
+        assert_eq!(http_status(&error), 500);
     }
 }
 
@@ -59,7 +59,7 @@ async fn an_enormous_response_is_refused_past_the_limit() {
         }
         other => panic!("expected the response limit, got {other:?}"),
     }
-    assert_eq!(error.status(), 500);
+    assert_eq!(http_status(&error), 500);
     assert!(error.to_string().contains("over the limit"), "{error}");
 }
 
@@ -96,7 +96,7 @@ async fn tensors_held_in_the_host_are_bounded_by_the_guests_memory_limit() {
         HandleError::MemoryLimit { limit, wanted } => assert!(*limit == 256 << 20 && *wanted > *limit, "{error}"),
         other => panic!("expected the memory limit, got {other:?}"),
     }
-    assert_eq!(error.status(), 500);
+    assert_eq!(http_status(&error), 500);
 }
 
 #[tokio::test]
@@ -106,7 +106,7 @@ async fn a_guest_cannot_hold_resources_without_bound() {
     assert_eq!((answer.status, answer.body), (200, b"1000".to_vec()));
     let error = with_a_neighbour(node, "handles=2000000").await.expect_err("the table is capped");
     assert!(matches!(&error, HandleError::Trap(message) if message.contains("resource table")), "{error:?}");
-    assert_eq!(error.status(), 500);
+    assert_eq!(http_status(&error), 500);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The image-classify example on real photos.
 
 use mantle::runtime::{GuestError, HandleError};
-use mantle_tests::{node, post, sample};
+use mantle_tests::{http_status, node, post, sample};
 use serde_json::Value;
 
 fn labels(answer: &Value) -> Vec<String> {
@@ -59,7 +59,7 @@ async fn a_truncated_jpeg_is_refused_with_a_reason() {
         }
         other => panic!("expected an invalid-input answer, not {other:?}"),
     }
-    assert_eq!(error.status(), 400);
+    assert_eq!(http_status(&error), 400);
     // The module keeps serving.
     let answer = node.call_json(node.example("image-classify"), post(sample("coffee.png"))).await;
     assert_eq!(labels(&answer)[0], "espresso");
@@ -70,9 +70,9 @@ async fn a_body_that_is_no_image_is_unsupported_media() {
     let node = node();
     let error =
         node.call(node.example("image-classify"), post(b"GIF89a not really".to_vec())).await.expect_err("refused");
-    assert_eq!(error.status(), 415, "{error}");
+    assert_eq!(http_status(&error), 415, "{error}");
     let error = node.call(node.example("image-classify"), post(Vec::new())).await.expect_err("refused");
-    assert_eq!(error.status(), 400, "{error}");
+    assert_eq!(http_status(&error), 400, "{error}");
 }
 
 /// Concurrent requests share one loaded model and the inference pool, and

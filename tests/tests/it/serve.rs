@@ -446,7 +446,8 @@ fn the_readme_configuration_is_valid() {
         .and_then(|rest| rest.split("```").next())
         .expect("the README shows a configuration");
     let text = block.replace("<from `mantle key`>", &key_sha256("mk_example"));
-    let config = mantle::config::NodeConfig::parse(&text, repo_root()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let config =
+        mantle::manifest::node::NodeConfig::parse(&text, repo_root()).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(config.tenants.len(), 1);
     assert_eq!(config.models.len(), 1);
 }

@@ -1,6 +1,6 @@
 //! The speech-detect example on real speech with silence around it.
 
-use mantle_tests::{node, post, sample};
+use mantle_tests::{http_status, node, post, sample};
 use std::io::Cursor;
 
 /// `speech.wav` with one second of silence before and after, and where the
@@ -49,7 +49,7 @@ async fn a_body_that_is_not_wav_is_refused() {
         .call(node.example("speech-detect"), post(b"RIFF\x04\x00\x00\x00junk".to_vec()))
         .await
         .expect_err("refused");
-    assert_eq!(error.status(), 415, "{error}");
+    assert_eq!(http_status(&error), 415, "{error}");
     assert!(error.to_string().contains("WAV"), "{error}");
 }
 
@@ -93,6 +93,6 @@ async fn a_wav_cut_short_is_refused() {
     let mut wav = sample("speech.wav");
     wav.truncate(wav.len() / 2);
     let error = node.call(node.example("speech-detect"), post(wav)).await.expect_err("refused");
-    assert_eq!(error.status(), 400, "{error}");
+    assert_eq!(http_status(&error), 400, "{error}");
     assert!(error.to_string().contains("damaged"), "{error}");
 }

@@ -1,6 +1,6 @@
 //! The text-embed example against an onnxruntime reference.
 
-use mantle_tests::{node, post, repo_root};
+use mantle_tests::{http_status, node, post, repo_root};
 use serde_json::Value;
 
 async fn embed(text: &str) -> Vec<f64> {
@@ -54,9 +54,9 @@ async fn embeddings_match_the_onnxruntime_reference() {
 async fn empty_or_invalid_text_is_refused() {
     let node = node();
     let error = node.call(node.example("text-embed"), post(Vec::new())).await.expect_err("refused");
-    assert_eq!(error.status(), 400, "{error}");
+    assert_eq!(http_status(&error), 400, "{error}");
     let error = node.call(node.example("text-embed"), post(vec![0xff, 0xfe, 0x00])).await.expect_err("refused");
-    assert_eq!(error.status(), 400, "{error}");
+    assert_eq!(http_status(&error), 400, "{error}");
     assert!(error.to_string().contains("UTF-8"), "{error}");
 }
 

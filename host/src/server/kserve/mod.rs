@@ -173,7 +173,7 @@ async fn infer(
                 ApiError::internal(&id.0, "the model failed")
             }
         })?;
-        encode_response(&held, request, outputs)
+        encode_response(&held, request, outputs, &id.0)
     };
     charged(&tenant.id, &path.label(), outcome.await.into_response())
 }
@@ -184,6 +184,7 @@ fn encode_response(
     held: &HeldModel,
     request: InferRequest,
     mut outputs: Vec<(String, HostTensor)>,
+    request_id: &str,
 ) -> Result<Response, ApiError> {
     let binary_default = wire::flag(&request.parameters, "binary_data_output").unwrap_or(false);
     // Each output requested, with whether it goes as binary; all outputs
@@ -226,8 +227,11 @@ fn encode_response(
         id: request.id,
         outputs: tensors,
     };
-    let mut body = serde_json::to_vec(&response)
-        .map_err(|e| ApiError::bad_request(format!("an output cannot be written as JSON: {e}")))?;
+    // Nothing the client sent can make this fail: it is the node's fault.
+    let mut body = serde_json::to_vec(&response).map_err(|e| {
+        tracing::error!(model = %held.name, error_id = %request_id, "an output cannot be written as JSON: {e}");
+        ApiError::internal(request_id, "the response cannot be written as JSON")
+    })?;
     if binary.is_empty() {
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     }

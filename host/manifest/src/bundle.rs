@@ -2,7 +2,8 @@
 //! version, the models it ships (each pinned by its SHA-256), and the guest
 //! modules with the models each may load, their limits and config values.
 
-use crate::config::{Grant, Id, ModuleLimitsConfig, Name};
+use crate::node::ModuleLimitsConfig;
+use mantle_types::{Grant, Id, Name, Sha256};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -12,10 +13,18 @@ pub const MAX_MODULES: usize = 32;
 /// Most `[[model]]` tables a bundle may have.
 pub const MAX_MODELS: usize = 32;
 
+/// The manifest format this mantle reads. A manifest that names none is
+/// version 1, the format before the field existed.
+pub const MANIFEST_VERSION: u32 = 1;
+
 /// The whole manifest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleManifest {
+    /// The format the manifest is written in, so that a newer format is
+    /// refused by name rather than field by field.
+    #[serde(default = "first_manifest_version", deserialize_with = "manifest_version")]
+    pub manifest_version: u32,
     pub bundle: BundleInfo,
     /// `[[model]]` tables.
     #[serde(default, rename = "model")]
@@ -23,6 +32,21 @@ pub struct BundleManifest {
     /// `[[module]]` tables.
     #[serde(rename = "module")]
     pub modules: Vec<BundleModule>,
+}
+
+fn first_manifest_version() -> u32 {
+    1
+}
+
+fn manifest_version<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let version = u32::deserialize(deserializer)?;
+    if version == 0 || version > MANIFEST_VERSION {
+        return Err(serde::de::Error::custom(format!(
+            "manifest_version {version} is not one this mantle reads: it reads 1 to {MANIFEST_VERSION}; \
+             a newer mantle may read this bundle"
+        )));
+    }
+    Ok(version)
 }
 
 /// What the bundle is.
@@ -80,7 +104,7 @@ impl TryFrom<PolicyText> for ModelPolicy {
 #[serde(deny_unknown_fields)]
 pub struct BundleModel {
     pub name: Name,
-    #[serde(default = "default_version")]
+    #[serde(default = "Name::first_version")]
     pub version: Name,
     /// The `.onnx` file, relative to the bundle.
     pub file: BundlePath,
@@ -89,10 +113,6 @@ pub struct BundleModel {
     /// Named input dimensions fixed before optimizing, e.g. `{ N = 1 }`.
     #[serde(default)]
     pub pin: BTreeMap<String, usize>,
-}
-
-fn default_version() -> Name {
-    Name("1".to_owned())
 }
 
 /// A guest module the bundle ships; its id is its route,
@@ -112,41 +132,6 @@ pub struct BundleModule {
     /// Values the guest reads through `context.config-get`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-}
-
-/// A SHA-256 digest, written as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Sha256(pub [u8; 32]);
-
-impl TryFrom<String> for Sha256 {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let mut digest = [0; 32];
-        hex::decode_to_slice(text.trim(), &mut digest)
-            .map_err(|_| format!("`{text}` is not a SHA-256: write it as 64 hex digits"))?;
-        Ok(Sha256(digest))
-    }
-}
-
-impl Sha256 {
-    pub fn of(bytes: &[u8]) -> Self {
-        use sha2::Digest;
-        Sha256(sha2::Sha256::digest(bytes).into())
-    }
-}
-
-impl fmt::Display for Sha256 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for Sha256 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sha256({self})")
-    }
 }
 
 /// A path inside a bundle: relative, `/`-separated, with no `.`, `..` or
@@ -269,6 +254,22 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_names_its_format_or_is_the_first() {
+        let model = format!("[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nsha256 = \"{SHA}\"\n");
+        let module = "[[module]]\nid = \"classify\"\nfile = \"c.wasm\"\n";
+        let unnamed = BundleManifest::parse(&manifest(&model, module)).expect("no manifest_version");
+        assert_eq!(unnamed.manifest_version, 1);
+        let named = BundleManifest::parse(&format!("manifest_version = 1\n{}", manifest(&model, module)));
+        assert_eq!(named.expect("version 1").manifest_version, 1);
+        let newer = BundleManifest::parse(&format!("manifest_version = 2\n{}", manifest(&model, module)))
+            .expect_err("a format from the future");
+        assert!(
+            newer.contains("line 1") && newer.contains("manifest_version 2 is not one this mantle reads"),
+            "{newer}"
+        );
+    }
+
+    #[test]
     fn a_version_policy_is_a_word_or_versions_the_bundle_has() {
         let model = format!("[[model]]\nname = \"m\"\nversion = \"2\"\nfile = \"m.onnx\"\nsha256 = \"{SHA}\"\n");
         let module = "[[module]]\nid = \"classify\"\nfile = \"c.wasm\"\n";
@@ -280,7 +281,7 @@ mod tests {
         assert_eq!(with("\"latest\"").expect("latest").bundle.kserve_versions, ModelPolicy::Latest);
         assert_eq!(
             with("[\"2\"]").expect("a list").bundle.kserve_versions,
-            ModelPolicy::Versions(vec![Name("2".into())])
+            ModelPolicy::Versions(vec![Name::new("2").expect("a name")])
         );
         let word = with("\"newest\"").unwrap_err();
         assert!(word.contains("`newest` is not a version policy"), "{word}");

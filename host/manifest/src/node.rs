@@ -5,9 +5,10 @@
 //! Every table refuses unknown fields, and identifiers are checked while
 //! parsing, so that a mistake is reported at its line and column.
 
+use crate::signer::PublicKey;
+use mantle_types::{Grant, Id, ModuleLimits, Name, Sha256};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Why a configuration file was refused.
@@ -46,10 +47,10 @@ pub struct NodeSettings {
     pub inference_threads: usize,
     /// SHA-256 of the operator token that the admin API (`/admin/v1/...`)
     /// requires; without one the admin API is off.
-    pub admin_token_sha256: Option<KeyHash>,
+    pub admin_token_sha256: Option<Sha256>,
     /// Public keys (hex, from `mantle keygen`) whose signatures the node
     /// accepts on bundles; when there are any, unsigned bundles are refused.
-    pub trusted_signers: Vec<String>,
+    pub trusted_signers: Vec<PublicKey>,
     /// Largest bundle the admin API accepts, in bytes.
     pub max_bundle_bytes: usize,
     /// How long a client may take to send a request's line and headers
@@ -99,17 +100,13 @@ impl Default for NodeSettings {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub name: Name,
-    #[serde(default = "default_version")]
+    #[serde(default = "Name::first_version")]
     pub version: Name,
     /// The `.onnx` file, relative to the configuration file.
     pub path: PathBuf,
     /// Named input dimensions fixed before optimizing, e.g. `{ N = 1 }`.
     #[serde(default)]
     pub pin: BTreeMap<String, usize>,
-}
-
-fn default_version() -> Name {
-    Name("1".to_owned())
 }
 
 /// A tenant: who may call, what it may reach, and how much it may use.
@@ -119,7 +116,7 @@ pub struct TenantConfig {
     pub id: Id,
     /// SHA-256 of each API key the tenant may present, in hex. Only hashes
     /// are stored; `mantle key` makes a key and its hash.
-    pub key_sha256: Vec<KeyHash>,
+    pub key_sha256: Vec<Sha256>,
     /// Models the tenant may use, by `name` (every version) or
     /// `name@version`.
     #[serde(default)]
@@ -132,9 +129,10 @@ pub struct TenantConfig {
 }
 
 /// What one tenant may use at once, and the most any of its deployed
-/// modules may ask for.
+/// modules may ask for. Checked as it is read, so that a mistake is
+/// reported at its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawTenantLimits")]
 pub struct TenantLimits {
     /// Requests of the tenant that run at the same time.
     pub max_concurrent: usize,
@@ -156,7 +154,7 @@ pub struct TenantLimits {
 
 impl Default for TenantLimits {
     fn default() -> Self {
-        let module = crate::runtime::ModuleLimits::default();
+        let module = ModuleLimits::default();
         TenantLimits {
             max_concurrent: 8,
             max_queued: 32,
@@ -166,6 +164,64 @@ impl Default for TenantLimits {
             max_memory_mib: module.memory_bytes >> 20,
             max_deadline_ms: module.deadline.as_millis() as u64,
         }
+    }
+}
+
+/// `limits` of a tenant as written, before it is checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTenantLimits {
+    max_concurrent: usize,
+    max_queued: usize,
+    queue_timeout_ms: u64,
+    max_body_bytes: usize,
+    infer_deadline_ms: u64,
+    max_memory_mib: usize,
+    max_deadline_ms: u64,
+}
+
+impl Default for RawTenantLimits {
+    fn default() -> Self {
+        let limits = TenantLimits::default();
+        RawTenantLimits {
+            max_concurrent: limits.max_concurrent,
+            max_queued: limits.max_queued,
+            queue_timeout_ms: limits.queue_timeout_ms,
+            max_body_bytes: limits.max_body_bytes,
+            infer_deadline_ms: limits.infer_deadline_ms,
+            max_memory_mib: limits.max_memory_mib,
+            max_deadline_ms: limits.max_deadline_ms,
+        }
+    }
+}
+
+impl TryFrom<RawTenantLimits> for TenantLimits {
+    type Error = String;
+
+    fn try_from(raw: RawTenantLimits) -> Result<Self, String> {
+        if raw.max_concurrent == 0 {
+            return Err("max_concurrent is 0, so no request could run".to_owned());
+        }
+        if raw.max_body_bytes == 0 {
+            return Err("max_body_bytes is 0".to_owned());
+        }
+        if raw.infer_deadline_ms == 0 {
+            return Err("infer_deadline_ms is 0".to_owned());
+        }
+        let ceiling = ModuleLimits {
+            memory_bytes: raw.max_memory_mib.saturating_mul(1 << 20),
+            deadline: std::time::Duration::from_millis(raw.max_deadline_ms),
+        };
+        ceiling.validate().map_err(|m| format!("max_memory_mib and max_deadline_ms: {m}"))?;
+        Ok(TenantLimits {
+            max_concurrent: raw.max_concurrent,
+            max_queued: raw.max_queued,
+            queue_timeout_ms: raw.queue_timeout_ms,
+            max_body_bytes: raw.max_body_bytes,
+            infer_deadline_ms: raw.infer_deadline_ms,
+            max_memory_mib: raw.max_memory_mib,
+            max_deadline_ms: raw.max_deadline_ms,
+        })
     }
 }
 
@@ -190,22 +246,56 @@ pub struct ModuleConfig {
 }
 
 /// Per-request limits of a module; what is left out takes the default.
+/// Checked as it is read: a value no guest could run within is reported
+/// at its table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawModuleLimits")]
 pub struct ModuleLimitsConfig {
     /// Memory of one instance (linear memories, tables and `wasi:nn`
     /// tensors together), in MiB.
-    pub memory_mib: Option<usize>,
+    memory_mib: Option<usize>,
     /// Wall-clock time for one request, in milliseconds.
-    pub deadline_ms: Option<u64>,
+    deadline_ms: Option<u64>,
+}
+
+/// `limits` of a module as written, before it is checked.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawModuleLimits {
+    memory_mib: Option<usize>,
+    deadline_ms: Option<u64>,
+}
+
+impl TryFrom<RawModuleLimits> for ModuleLimitsConfig {
+    type Error = String;
+
+    fn try_from(raw: RawModuleLimits) -> Result<Self, String> {
+        ModuleLimitsConfig::new(raw.memory_mib, raw.deadline_ms)
+    }
 }
 
 impl ModuleLimitsConfig {
+    /// Limits asking for `memory_mib` and `deadline_ms`, the defaults where
+    /// `None`; refused if no guest could run within them.
+    pub fn new(memory_mib: Option<usize>, deadline_ms: Option<u64>) -> Result<Self, String> {
+        let config = ModuleLimitsConfig { memory_mib, deadline_ms };
+        config.limits().validate()?;
+        Ok(config)
+    }
+
+    pub fn memory_mib(&self) -> Option<usize> {
+        self.memory_mib
+    }
+
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.deadline_ms
+    }
+
     /// The limits as the runtime applies them, with the defaults for what
     /// is left out.
-    pub fn limits(&self) -> crate::runtime::ModuleLimits {
-        let default = crate::runtime::ModuleLimits::default();
-        crate::runtime::ModuleLimits {
+    pub fn limits(&self) -> ModuleLimits {
+        let default = ModuleLimits::default();
+        ModuleLimits {
             memory_bytes: self.memory_mib.map_or(default.memory_bytes, |mib| mib.saturating_mul(1 << 20)),
             deadline: self.deadline_ms.map_or(default.deadline, std::time::Duration::from_millis),
         }
@@ -214,7 +304,7 @@ impl ModuleLimitsConfig {
     /// The limits of a module a tenant ships, held to the tenant's
     /// ceilings: what is left out is the default or the ceiling, whichever
     /// is lower; asking for more than the ceiling is refused.
-    pub fn limits_within(&self, ceiling: &TenantLimits) -> Result<crate::runtime::ModuleLimits, String> {
+    pub fn limits_within(&self, ceiling: &TenantLimits) -> Result<ModuleLimits, String> {
         if let Some(mib) = self.memory_mib.filter(|&mib| mib > ceiling.max_memory_mib) {
             return Err(format!(
                 "it asks for memory_mib = {mib}, over the tenant's max_memory_mib of {}",
@@ -228,134 +318,12 @@ impl ModuleLimitsConfig {
             ));
         }
         let limits = self.limits();
-        Ok(crate::runtime::ModuleLimits {
+        Ok(ModuleLimits {
             memory_bytes: limits.memory_bytes.min(ceiling.max_memory_mib.saturating_mul(1 << 20)),
             deadline: limits.deadline.min(std::time::Duration::from_millis(ceiling.max_deadline_ms)),
         })
     }
 }
-
-/// A tenant or module identifier: lowercase letters, digits, `-` and `_`,
-/// starting with a letter or digit, at most 63 characters. It appears in
-/// URLs and metric labels as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Id(pub(crate) String);
-
-impl TryFrom<String> for Id {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let valid = text.len() <= 63
-            && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if valid {
-            Ok(Id(text))
-        } else {
-            Err(format!(
-                "`{text}` is not a valid id: use 1 to 63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
-            ))
-        }
-    }
-}
-
-/// A model name or version: letters, digits, `.`, `-` and `_`, at most
-/// 128 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Name(pub(crate) String);
-
-impl TryFrom<String> for Name {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let valid = !text.is_empty()
-            && text.len() <= 128
-            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-        if valid {
-            Ok(Name(text))
-        } else {
-            Err(format!("`{text}` is not a valid model name or version: use letters, digits, `.`, `-` or `_`"))
-        }
-    }
-}
-
-/// A grant: `name` for every version of a model, or `name@version`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Grant {
-    pub name: Name,
-    pub version: Option<Name>,
-}
-
-impl TryFrom<String> for Grant {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        match text.split_once('@') {
-            None => Ok(Grant { name: Name::try_from(text)?, version: None }),
-            Some((name, version)) => {
-                Ok(Grant { name: Name::try_from(name.to_owned())?, version: Some(Name::try_from(version.to_owned())?) })
-            }
-        }
-    }
-}
-
-impl Grant {
-    /// Whether this grant covers version `version` of model `name`.
-    pub fn covers(&self, name: &str, version: &str) -> bool {
-        self.name.as_str() == name && self.version.as_ref().is_none_or(|v| v.as_str() == version)
-    }
-}
-
-impl fmt::Display for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.version {
-            None => write!(f, "{}", self.name),
-            Some(version) => write!(f, "{}@{version}", self.name),
-        }
-    }
-}
-
-/// The SHA-256 of an API key: 64 hex digits.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct KeyHash(pub [u8; 32]);
-
-impl TryFrom<String> for KeyHash {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        let mut hash = [0; 32];
-        hex::decode_to_slice(text.trim(), &mut hash)
-            .map_err(|_| "a key hash is the SHA-256 of the key in 64 hex digits (`mantle key` makes one)".to_owned())?;
-        Ok(KeyHash(hash))
-    }
-}
-
-impl fmt::Debug for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyHash(..)")
-    }
-}
-
-macro_rules! string_newtype {
-    ($($name:ident),*) => {$(
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    )*};
-}
-
-string_newtype!(Id, Name);
 
 impl NodeConfig {
     /// Reads and checks the configuration at `path`. Relative paths in it
@@ -396,10 +364,6 @@ impl NodeConfig {
         if self.node.compile_timeout_ms == 0 {
             return Err("compile_timeout_ms is 0".to_owned());
         }
-        for signer in &self.node.trusted_signers {
-            crate::bundle::keys::parse_verifying_key(signer)
-                .map_err(|e| format!("trusted_signers: `{signer}` is not a public key from `mantle keygen`: {e}"))?;
-        }
         let mut models = HashSet::new();
         for model in &self.models {
             if !models.insert((model.name.as_str(), model.version.as_str())) {
@@ -426,22 +390,16 @@ impl NodeConfig {
                     return Err(format!("{at}: grant `{grant}` names no configured model"));
                 }
             }
-            check_tenant_limits(&tenant.limits).map_err(|m| format!("{at}: limits: {m}"))?;
             let mut modules = HashSet::new();
             for module in &tenant.modules {
                 let at = format!("{at}, module `{}`", module.id);
                 if !modules.insert(module.id.as_str()) {
                     return Err(format!("{at} is configured twice"));
                 }
-                match (&module.path, &module.example) {
-                    (Some(_), None) => {}
-                    (None, Some(example)) => {
-                        if !crate::examples::EXAMPLES.iter().any(|e| e.name == example) {
-                            let names: Vec<&str> = crate::examples::EXAMPLES.iter().map(|e| e.name).collect();
-                            return Err(format!("{at}: there is no example `{example}`; the examples are {names:?}"));
-                        }
-                    }
-                    _ => return Err(format!("{at}: give exactly one of `path` and `example`")),
+                // Which examples there are is the node's to say, when it
+                // resolves the module.
+                if module.path.is_some() == module.example.is_some() {
+                    return Err(format!("{at}: give exactly one of `path` and `example`"));
                 }
                 for grant in &module.models {
                     let granted = self
@@ -457,24 +415,6 @@ impl NodeConfig {
         }
         Ok(())
     }
-}
-
-fn check_tenant_limits(limits: &TenantLimits) -> Result<(), String> {
-    if limits.max_concurrent == 0 {
-        return Err("max_concurrent is 0, so no request could run".to_owned());
-    }
-    if limits.max_body_bytes == 0 {
-        return Err("max_body_bytes is 0".to_owned());
-    }
-    if limits.infer_deadline_ms == 0 {
-        return Err("infer_deadline_ms is 0".to_owned());
-    }
-    let ceiling = crate::runtime::ModuleLimits {
-        memory_bytes: limits.max_memory_mib.saturating_mul(1 << 20),
-        deadline: std::time::Duration::from_millis(limits.max_deadline_ms),
-    };
-    ceiling.validate().map_err(|m| format!("max_memory_mib and max_deadline_ms: {m}"))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -528,6 +468,26 @@ mod tests {
 
         let bad_key = parse("[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"secret\"]\n").expect_err("bad hash");
         assert!(bad_key.contains("line 3") && bad_key.contains("64 hex digits"), "{bad_key}");
+    }
+
+    #[test]
+    fn a_limit_no_guest_could_run_within_is_reported_at_its_line_and_column() {
+        let module = |limits: &str| {
+            parse(&format!(
+                "[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n\n[[tenant.module]]\nid = \"x\"\n\
+                 example = \"text-embed\"\nlimits = {limits}\n"
+            ))
+        };
+        module("{ memory_mib = 64, deadline_ms = 500 }").expect("usable limits");
+        let memory = module("{ memory_mib = 0 }").expect_err("no memory");
+        assert!(memory.contains("line 8, column 10") && memory.contains("outside 1 MiB..=4 GiB"), "{memory}");
+        let deadline = module("{ deadline_ms = 0 }").expect_err("no time");
+        assert!(deadline.contains("line 8, column 10") && deadline.contains("deadline is zero"), "{deadline}");
+
+        let tenant =
+            parse(&format!("[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n[tenant.limits]\nmax_concurrent = 0\n"))
+                .expect_err("a tenant that can run nothing");
+        assert!(tenant.contains("line 4") && tenant.contains("max_concurrent is 0"), "{tenant}");
     }
 
     #[test]
