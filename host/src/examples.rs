@@ -1,8 +1,11 @@
 //! The example guests bundled into the binary, and the models they use, so
 //! that a node can run the examples with no configuration at all.
 
-use crate::models::{LoadError, LoadOptions, ModelRegistry};
-use crate::runtime::{ModuleLimits, ModuleSpec};
+use mantle_manifest::node::{ModelConfig, ModuleConfig, NodeConfig, TenantConfig, TenantLimits};
+use mantle_models::{LoadError, LoadOptions, ModelRegistry};
+use mantle_node::BuiltinGuest;
+use mantle_runtime::{ModuleLimits, ModuleSpec};
+use mantle_types::{Grant, Id, Name};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -85,4 +88,48 @@ pub fn load_models(models_dir: &Path) -> Result<ModelRegistry, LoadError> {
         registry.load(example.model, &example.model_path(models_dir), &example.load_options())?;
     }
     Ok(registry)
+}
+
+/// The example guests, as a node resolves `example = "..."`.
+pub fn builtin_guests() -> [BuiltinGuest; 3] {
+    EXAMPLES.map(|example| BuiltinGuest { name: example.name, wasm: example.wasm })
+}
+
+/// The configuration of the bundled examples: each example model from
+/// `models_dir`, and tenant `demo` running every example guest.
+pub fn examples_config(models_dir: &Path) -> NodeConfig {
+    // The examples' names are constants that are valid ids and names.
+    let name = |text: &str| Name::new(text).expect("an example's model name is valid");
+    let grant = |model: &str| Grant::every_version(name(model));
+    let models = EXAMPLES
+        .iter()
+        .map(|example| ModelConfig {
+            name: name(example.model),
+            version: Name::first_version(),
+            path: example.model_path(models_dir),
+            pin: example.load_options().pinned_dims,
+        })
+        .collect();
+    let modules = EXAMPLES
+        .iter()
+        .map(|example| ModuleConfig {
+            id: Id::new(example.name).expect("an example's name is a valid id"),
+            path: None,
+            example: Some(example.name.to_owned()),
+            models: vec![grant(example.model)],
+            limits: Default::default(),
+            config: BTreeMap::new(),
+        })
+        .collect();
+    NodeConfig {
+        node: Default::default(),
+        models,
+        tenants: vec![TenantConfig {
+            id: Id::new(DEMO_TENANT).expect("the demo tenant's name is a valid id"),
+            key_sha256: Vec::new(),
+            grants: EXAMPLES.iter().map(|e| grant(e.model)).collect(),
+            limits: TenantLimits::default(),
+            modules,
+        }],
+    }
 }

@@ -5,9 +5,9 @@ use super::Failure;
 use anyhow::Context;
 use clap::Args;
 use mantle::deploy::Deployments;
-use mantle::examples::{DEMO_TENANT, EXAMPLES};
+use mantle::examples::{self, DEMO_TENANT, EXAMPLES};
 use mantle::manifest::node::NodeConfig;
-use mantle::node::Node;
+use mantle::node::{BuildOptions, Node};
 use mantle::server::{Server, serve, tls};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -60,10 +60,17 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     // Guests are compiled in child processes of this program, within the
     // node's compile limits.
     let program = std::env::current_exe().context("cannot find the mantle executable to compile guests with")?;
+    let builtin_guests = examples::builtin_guests();
+    let options = |open_tenant| BuildOptions {
+        compiled_dir: deployments.compiled_dir(),
+        compile_with: Some(&program),
+        builtin_guests: &builtin_guests,
+        open_tenant,
+    };
     let node = tokio::task::block_in_place(|| match (&config, &args.config) {
-        (Some(config), Some(path)) => Node::build(config, deployments.compiled_dir(), Some(&program))
+        (Some(config), Some(path)) => Node::build(config, &options(None))
             .with_context(|| format!("cannot set up the node from {}", path.display())),
-        _ => Node::examples(&args.models_dir, deployments.compiled_dir(), Some(&program))
+        _ => Node::build(&examples::examples_config(&args.models_dir), &options(Some(DEMO_TENANT)))
             .context("cannot set up the bundled examples"),
     })?;
     let restored = tokio::task::block_in_place(|| deployments.restore(&node))

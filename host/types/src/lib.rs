@@ -1,7 +1,10 @@
 //! The words every layer of mantle shares: tenant and module identifiers,
 //! model names and versions, grants, SHA-256 digests and the limits of one
-//! request. Each is checked when it is made, so a value of one of these
-//! types is always valid; they depend on nothing but serde.
+//! request, and how to show text an untrusted party controls
+//! ([`untrusted`]). Each is checked when it is made, so a value of one of
+//! these types is always valid; they depend on nothing but serde and sha2.
+
+pub mod untrusted;
 
 use serde::Deserialize;
 use std::fmt;

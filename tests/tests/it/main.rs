@@ -9,6 +9,7 @@ mod hostile;
 mod hostile_node;
 mod image_classify;
 mod isolation;
+mod layers;
 mod ocr;
 mod resample;
 mod serve;

@@ -1,0 +1,167 @@
+//! `/admin/v1/...`: the operator's API, behind its own token. Upload a
+//! bundle as a new version of a tenant's deployment (and activate it), list
+//! deployments, activate an earlier version, delete a deployment.
+
+use super::auth::{bearer_token, token_matches};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::{RequestId, Shared};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Extension;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use mantle_node::deploy::DeployError;
+use std::sync::Arc;
+
+pub fn routes() -> axum::Router<Arc<super::Server>> {
+    axum::Router::new()
+        .route("/admin/v1/deployments", get(list))
+        .route("/admin/v1/tenants", get(tenants))
+        .route("/admin/v1/tenants/{tenant}/deployments", post(upload))
+        .route("/admin/v1/tenants/{tenant}/deployments/{name}", axum::routing::delete(delete))
+        .route("/admin/v1/tenants/{tenant}/deployments/{name}/activate", post(activate))
+        .route_layer(axum::middleware::from_fn(name_operation))
+}
+
+/// Names the operation of an answered admin request by its method and
+/// route, so that `observe` logs and counts it as the operator's.
+async fn name_operation(
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let operation = format!("{} {}", request.method(), matched.as_str());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(super::AdminOperation(operation));
+    response
+}
+
+/// Refuses a request that does not carry the operator token.
+fn operator(state: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.node.settings.admin_token_sha256 else {
+        return Err(ApiError::forbidden("the admin API is off: set admin_token_sha256 in the [node] table"));
+    };
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let presented = bearer_token(headers)
+        .map_err(unauthorized)?
+        .ok_or_else(|| unauthorized("the admin API needs `Authorization: Bearer <token>`"))?;
+    if token_matches(expected, presented) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "the operator token is not valid"))
+    }
+}
+
+fn refused(error: DeployError) -> ApiError {
+    let status = super::status::of_deploy(&error);
+    // The whole chain: a refusal names the file or field at fault.
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ApiError::new(status, message)
+}
+
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    #[serde(default = "yes")]
+    activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn upload(
+    state: Shared,
+    Extension(id): Extension<RequestId>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        let limit = state.node.settings.max_bundle_bytes;
+        let limited = http_body_util::Limited::new(body, limit);
+        let archive = limited.collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the bundle is larger than {limit} bytes"))
+            } else {
+                ApiError::bad_request(format!("cannot read the bundle: {e}"))
+            }
+        })?;
+        let archive = archive.to_bytes();
+        let outcome = state.deployments.deploy(&state.node, &tenant, &archive, query.activate).await;
+        outcome.map(Json).map_err(|e| {
+            // The tenant is as the path gave it, and the refusal may quote the
+            // bundle: both are escaped in the log.
+            tracing::warn!(
+                tenant = %mantle_types::untrusted::escaped(&tenant), request = %id.0,
+                "deployment refused: {}", mantle_types::untrusted::escaped(&e.to_string())
+            );
+            refused(e)
+        })
+    };
+    outcome.await.into_response()
+}
+
+async fn list(state: Shared, headers: HeaderMap) -> Response {
+    let outcome = operator(&state, &headers).and_then(|()| state.deployments.list().map_err(refused));
+    outcome.map(Json).into_response()
+}
+
+/// A tenant as the operator sees it: its limits, among them the ceilings
+/// its bundles' modules are held to, and its share of guest instances.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TenantSummary {
+    pub id: String,
+    pub limits: mantle_manifest::node::TenantLimits,
+    pub max_instances: usize,
+}
+
+async fn tenants(state: Shared, headers: HeaderMap) -> Response {
+    let outcome = operator(&state, &headers).map(|()| {
+        let share = state.node.runtime.instances_per_tenant();
+        let tenants: Vec<TenantSummary> = state
+            .node
+            .tenants()
+            .map(|t| TenantSummary { id: t.id.clone(), limits: t.limits, max_instances: share })
+            .collect();
+        Json(tenants)
+    });
+    outcome.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Activation {
+    version: String,
+}
+
+async fn activate(
+    state: Shared,
+    ApiPath((tenant, name)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(activation): ApiJson<Activation>,
+) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        state.deployments.activate(&state.node, &tenant, &name, &activation.version).await.map(Json).map_err(refused)
+    };
+    outcome.await.into_response()
+}
+
+async fn delete(state: Shared, ApiPath((tenant, name)): ApiPath<(String, String)>, headers: HeaderMap) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        state.deployments.delete(&state.node, &tenant, &name).await.map_err(refused)?;
+        Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+    };
+    outcome.await.into_response()
+}
