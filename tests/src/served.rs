@@ -204,6 +204,17 @@ impl ServedNode {
     }
 
     /// `http://127.0.0.1:PORT`, or `https://` when the node serves TLS.
+    /// The node process's resident memory now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("the node's status");
+        let kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in the node's status");
+        kib * 1024
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

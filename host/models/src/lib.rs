@@ -235,11 +235,9 @@ impl Model {
         let invalid = |message: String| Err(RunError::InvalidInput(message));
         for (name, _) in inputs {
             if !self.inputs.iter().any(|spec| &spec.name == name) {
-                return invalid(format!(
-                    "model `{}` has no input `{name}`; its inputs are {}",
-                    self.name,
-                    self.input_names()
-                ));
+                // No model name: a model held once for several tenants is
+                // named by each as it likes, so the caller names it.
+                return invalid(format!("the model has no input `{name}`; its inputs are {}", self.input_names()));
             }
         }
         let mut bound: HashMap<&str, usize> = HashMap::new();
@@ -247,9 +245,8 @@ impl Model {
             let mut given = inputs.iter().filter(|(name, _)| name == &spec.name);
             let Some((_, tensor)) = given.next() else {
                 return invalid(format!(
-                    "input `{}` of model `{}` is missing; its inputs are {}",
+                    "input `{}` of the model is missing; its inputs are {}",
                     spec.name,
-                    self.name,
                     self.input_names()
                 ));
             };

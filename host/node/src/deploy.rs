@@ -9,13 +9,12 @@ use ed25519_dalek::VerifyingKey;
 use mantle_bundle::{Bundle, BundleError};
 use mantle_manifest::bundle::ModelPolicy;
 use mantle_manifest::signer::PublicKey;
-use mantle_models::{LoadError, LoadOptions, Model};
+use mantle_models::{LoadError, LoadOptions};
 use mantle_runtime::{GuestModule, ModuleSpec, SetupError};
-use mantle_types::Sha256;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Why a deployment change was refused. The node's active state is then
 /// what it was before.
@@ -55,16 +54,11 @@ pub struct Deployments {
     compiled_dir: PathBuf,
     /// When not empty, only bundles signed by one of these are accepted.
     trusted: Vec<VerifyingKey>,
-    /// Loaded models by file digest and pins, shared across bundles.
-    models: Mutex<HashMap<ModelKey, Weak<Model>>>,
     /// The compiled active version of each (tenant, deployment).
     active: Mutex<BTreeMap<(String, String), Prepared>>,
     /// One change at a time, so that the store and what is served agree.
     changing: tokio::sync::Mutex<()>,
 }
-
-/// A model file's digest and the dimensions pinned when loading it.
-type ModelKey = (Sha256, BTreeMap<String, usize>);
 
 /// A version compiled and ready to serve.
 struct Prepared {
@@ -84,7 +78,6 @@ impl Deployments {
             store: Store::open(data_dir)?,
             compiled_dir: data_dir.join("compiled"),
             trusted,
-            models: Mutex::default(),
             active: Mutex::default(),
             changing: tokio::sync::Mutex::new(()),
         })
@@ -236,7 +229,13 @@ impl Deployments {
             .models
             .par_iter()
             .map(|model| {
-                let loaded = self.model(model.name.as_str(), model.sha256, &model.pin, bundle.file(&model.file))?;
+                // The manifest's digest was checked against the file when
+                // the bundle was opened; the cache keys by the bytes.
+                let options = LoadOptions { pinned_dims: model.pin.clone() };
+                let (loaded, _) = node
+                    .models()
+                    .get_or_load(model.name.as_str(), bundle.file(&model.file), &options)
+                    .map_err(|source| DeployError::Model { model: model.name.to_string(), source })?;
                 Ok(Arc::new(HeldModel {
                     name: model.name.to_string(),
                     version: model.version.to_string(),
@@ -262,29 +261,6 @@ impl Deployments {
         }
         let models = served_models(&manifest.bundle.kserve_versions, &held);
         Ok(Prepared { version: manifest.bundle.version.to_string(), modules, models, cache_hits })
-    }
-
-    /// The model in `bytes`, loaded once for every bundle that ships it
-    /// with the same pins.
-    fn model(
-        &self,
-        name: &str,
-        digest: Sha256,
-        pins: &BTreeMap<String, usize>,
-        bytes: &[u8],
-    ) -> Result<Arc<Model>, DeployError> {
-        let key = (digest, pins.clone());
-        if let Some(model) =
-            self.models.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
-        {
-            return Ok(model);
-        }
-        let options = LoadOptions { pinned_dims: pins.clone() };
-        let model = Model::from_bytes(name, bytes, &options)
-            .map_err(|source| DeployError::Model { model: name.to_owned(), source })?;
-        let model = Arc::new(model);
-        self.models.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::downgrade(&model));
-        Ok(model)
     }
 
     /// Serves `prepared` as the active version of `name`: the tenant's

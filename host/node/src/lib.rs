@@ -5,7 +5,10 @@
 //! [`store`].
 
 pub mod deploy;
+mod model_cache;
 pub mod store;
+
+pub use model_cache::ModelCache;
 
 use mantle_manifest::node::{ModelConfig, ModuleConfig, NodeConfig, NodeSettings, TenantConfig, TenantLimits};
 use mantle_models::{LoadError, LoadOptions, Model};
@@ -154,6 +157,8 @@ pub struct Node {
     /// bundled examples with no configuration.
     open_tenant: Option<Arc<Tenant>>,
     pub settings: NodeSettings,
+    /// Every model the node holds, configured or deployed, once each.
+    models: ModelCache,
 }
 
 impl Node {
@@ -177,14 +182,15 @@ impl Node {
         })?;
         // Each model loads and optimizes on one core, independently of the
         // others: loading them side by side shortens a node's start.
-        let held = config.models.par_iter().map(load_model).collect::<Result<Vec<_>, _>>()?;
+        let models = ModelCache::default();
+        let held = config.models.par_iter().map(|model| load_model(&models, model)).collect::<Result<Vec<_>, _>>()?;
         let mut tenants = BTreeMap::new();
         for tenant in &config.tenants {
             let built = build_tenant(&runtime, options, tenant, &held)?;
             tenants.insert(built.id.clone(), Arc::new(built));
         }
         let open_tenant = options.open_tenant.and_then(|id| tenants.get(id)).cloned();
-        Ok(Node { runtime, tenants, open_tenant, settings: settings.clone() })
+        Ok(Node { runtime, tenants, open_tenant, settings: settings.clone(), models })
     }
 
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
@@ -199,18 +205,17 @@ impl Node {
     pub fn open_tenant(&self) -> Option<&Arc<Tenant>> {
         self.open_tenant.as_ref()
     }
+
+    /// The node's models, which deployments load theirs through.
+    pub fn models(&self) -> &ModelCache {
+        &self.models
+    }
 }
 
-fn load_model(config: &ModelConfig) -> Result<Arc<HeldModel>, LoadError> {
+fn load_model(models: &ModelCache, config: &ModelConfig) -> Result<Arc<HeldModel>, LoadError> {
     let options = LoadOptions { pinned_dims: config.pin.clone() };
-    let started = std::time::Instant::now();
-    let model = Model::load(config.name.as_str(), &config.path, &options)?;
-    tracing::debug!(model = %config.name, elapsed = ?started.elapsed(), "loaded and optimized the model");
-    Ok(Arc::new(HeldModel {
-        name: config.name.to_string(),
-        version: config.version.to_string(),
-        model: Arc::new(model),
-    }))
+    let model = models.get_or_load_file(config.name.as_str(), &config.path, &options)?;
+    Ok(Arc::new(HeldModel { name: config.name.to_string(), version: config.version.to_string(), model }))
 }
 
 fn covered<'a>(grants: &'a [Grant], held: &'a [Arc<HeldModel>]) -> impl Iterator<Item = &'a Arc<HeldModel>> {

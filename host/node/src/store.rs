@@ -132,7 +132,7 @@ impl Store {
         // A blob already there is kept only if its bytes are these: one
         // damaged on disk, or cut short, is written again.
         let same_length = std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64);
-        if same_length && std::fs::read(&path).is_ok_and(|stored| stored == bytes) {
+        if same_length && file_digest(&path).is_ok_and(|stored| stored == digest) {
             return Ok(digest);
         }
         let temp = self.root.join("tmp").join(format!(
@@ -314,6 +314,22 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+/// The SHA-256 of the file at `path`, read a block at a time: a model
+/// blob is not read into memory whole just to be compared.
+fn file_digest(path: &Path) -> std::io::Result<Sha256> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut block = vec![0u8; 64 << 10];
+    loop {
+        match file.read(&mut block)? {
+            0 => return Ok(Sha256(hasher.finalize().into())),
+            read => hasher.update(&block[..read]),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -183,8 +183,9 @@ pub enum InferError {
 pub struct Usage {
     /// From the start of instantiation to the guest's answer or failure.
     pub guest_time: Duration,
-    /// Each model computation the guest asked for: the model and its time.
-    pub inferences: Vec<(Arc<Model>, Duration)>,
+    /// Each model computation the guest asked for: the model, by the name
+    /// the guest loaded it by, and its time.
+    pub inferences: Vec<(Arc<str>, Duration)>,
     /// Bytes of guest output (stdout, stderr, `context.log`) logged.
     pub output_logged: u64,
     /// Bytes of guest output dropped past its budgets.

@@ -45,11 +45,16 @@ pub struct NnTensor {
 /// A graph resource: a granted model.
 pub struct NnGraph {
     model: Arc<Model>,
+    /// The name the guest loaded it by, without the version: what every
+    /// message and metric about it says. A model held once for several
+    /// tenants has one name of its own, which only the first knew.
+    name: Arc<str>,
 }
 
 /// An execution-context resource on a granted model.
 pub struct NnSession {
     model: Arc<Model>,
+    name: Arc<str>,
 }
 
 /// An error resource: a `wasi:nn` code and a message for the guest.
@@ -68,7 +73,7 @@ pub(crate) struct NnCtx {
     /// When the request ends: inferences still queued then are dropped.
     deadline: Instant,
     /// Each model computation of this request: the model and its time.
-    pub(crate) inferences: Vec<(Arc<Model>, Duration)>,
+    pub(crate) inferences: Vec<(Arc<str>, Duration)>,
     /// Refused calls logged so far: a guest can make them in a loop.
     refusals_logged: usize,
 }
@@ -175,7 +180,8 @@ impl graph::Host for NnView<'_> {
         match self.ctx.grants.get(&name) {
             Some(model) => {
                 let model = Arc::clone(model);
-                Ok(Ok(self.table.push(NnGraph { model })?))
+                let granted = name.split_once('@').map_or(name.as_str(), |(model, _)| model);
+                Ok(Ok(self.table.push(NnGraph { model, name: Arc::from(granted) })?))
             }
             // The same answer whether or not the model exists elsewhere on
             // the node: a guest learns nothing about other tenants' models.
@@ -189,8 +195,9 @@ impl graph::HostGraph for NnView<'_> {
         &mut self,
         graph: Resource<NnGraph>,
     ) -> wasmtime::Result<Result<Resource<NnSession>, Resource<NnError>>> {
-        let model = Arc::clone(&self.table.get(&graph)?.model);
-        Ok(Ok(self.table.push(NnSession { model })?))
+        let graph = self.table.get(&graph)?;
+        let (model, name) = (Arc::clone(&graph.model), Arc::clone(&graph.name));
+        Ok(Ok(self.table.push(NnSession { model, name })?))
     }
 
     fn drop(&mut self, graph: Resource<NnGraph>) -> wasmtime::Result<()> {
@@ -207,7 +214,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         session: Resource<NnSession>,
         inputs: Vec<NamedTensor>,
     ) -> wasmtime::Result<Result<Vec<NamedTensor>, Resource<NnError>>> {
-        let model = Arc::clone(&self.table.get(&session)?.model);
+        let session = self.table.get(&session)?;
+        let (model, model_name) = (Arc::clone(&session.model), Arc::clone(&session.name));
         let mut host_inputs = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
             let tensor = self.take_tensor(tensor)?;
@@ -225,25 +233,24 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             let (tenant, deadline) = (Arc::clone(&self.ctx.tenant), self.ctx.deadline);
             self.ctx.pool.run(tenant, deadline, move || job_model.run(host_inputs)).await
         };
-        self.ctx.inferences.push((Arc::clone(&model), started.elapsed()));
+        self.ctx.inferences.push((Arc::clone(&model_name), started.elapsed()));
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(RunError::InvalidInput(message))) => return self.fail(ErrorCode::InvalidArgument, message),
-            Ok(Err(failed @ RunError::Failed { .. })) => {
-                return self.fail(ErrorCode::RuntimeError, failed.to_string());
+            Ok(Err(RunError::Failed { message, .. })) => {
+                return self.fail(ErrorCode::RuntimeError, format!("model `{model_name}` failed: {message}"));
             }
             Err(PoolError::Expired) => {
-                return self
-                    .fail(ErrorCode::Timeout, format!("model `{}`: the request's deadline passed", model.name()));
+                return self.fail(ErrorCode::Timeout, format!("model `{model_name}`: the request's deadline passed"));
             }
             Err(pool_error) => {
                 let message = pool_error.to_string();
                 tracing::error!(
-                    model = model.name(),
+                    model = %model_name,
                     "inference failed: {}",
                     mantle_types::untrusted::escaped(&message)
                 );
-                return self.fail(ErrorCode::RuntimeError, format!("model `{}` failed", model.name()));
+                return self.fail(ErrorCode::RuntimeError, format!("model `{model_name}` failed"));
             }
         };
         let mut named = Vec::with_capacity(outputs.len());

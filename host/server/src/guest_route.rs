@@ -123,7 +123,7 @@ async fn handle(
         server.metrics.guest_time(&tenant.id, module.id(), usage.guest_time);
         server.metrics.guest_output(&tenant.id, usage.output_logged, usage.output_dropped);
         for (model, elapsed) in &usage.inferences {
-            server.metrics.inference(&tenant.id, model.name(), *elapsed);
+            server.metrics.inference(&tenant.id, model, *elapsed);
         }
         match result {
             Ok(response) => guest_response(response, &id.0),

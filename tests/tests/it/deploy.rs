@@ -2,8 +2,9 @@
 //! `rollback` against a real node, hot swaps under load, refusals that
 //! leave the node as it was, and restarts that recompile nothing.
 
-use mantle_tests::served::{ServedNode, key_sha256};
-use mantle_tests::{Finished, programs, run_mantle};
+use mantle_tests::served::{ServedNode, key_sha256, tenant};
+use mantle_tests::{Finished, model_path, programs, run_mantle};
+use sha2::{Digest, Sha256};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -655,4 +656,70 @@ fn every_admin_request_is_logged_with_its_request_id_and_counted() {
     assert_eq!(count("GET /admin/v1/deployments", "200"), 1.0);
     assert_eq!(count("GET /admin/v1/tenants", "200"), 1.0);
     assert_eq!(count("DELETE /admin/v1/tenants/{tenant}/deployments/{name}", "401"), 1.0);
+}
+
+/// One model file, named by `node.toml` and shipped twice in one bundle
+/// by each of two tenants, is read, optimized and held once: the log has
+/// one load of its digest, the second tenant's deploy costs less memory
+/// than the model's file, and both tenants are served the model.
+#[test]
+fn a_model_named_by_the_configuration_and_by_two_tenants_bundles_is_loaded_once() {
+    const OTHER_KEY: &str = "mk_globex_0123456789abcdef";
+    let path = model_path("efficientnet-lite0");
+    let model = std::fs::read(&path).expect("the model");
+    let digest = hex::encode(Sha256::digest(&model));
+    let config = format!(
+        "[node]\nadmin_token_sha256 = \"{}\"\n\n[[model]]\nname = \"efficientnet-lite0\"\npath = '{}'\n\
+         pin = {{ N = 1 }}\n\n{}{}",
+        key_sha256(OPERATOR_TOKEN),
+        path.display(),
+        tenant("acme", TENANT_KEY, &["efficientnet-lite0"], ""),
+        tenant("globex", OTHER_KEY, &[], ""),
+    );
+    let node = ServedNode::with_config(&config);
+    let loads = |node: &ServedNode| {
+        let log = node.stderr();
+        log.lines().filter(|l| l.contains("loaded and optimized the model") && l.contains(&digest)).count()
+    };
+    assert_eq!(loads(&node), 1, "the configured model loads at start: {}", node.stderr());
+    // Two entries of one bundle share the file, under two names.
+    let bundle = |name: &str| {
+        let manifest = format!(
+            "[bundle]\nname = \"{name}\"\nversion = \"1\"\nkserve_versions = \"all\"\n\n\
+             [[model]]\nname = \"vision\"\nfile = \"m.onnx\"\nsha256 = \"{digest}\"\npin = {{ N = 1 }}\n\n\
+             [[model]]\nname = \"vision-copy\"\nfile = \"m.onnx\"\nsha256 = \"{digest}\"\npin = {{ N = 1 }}\n\n\
+             [[module]]\nid = \"{name}\"\nfile = \"echo.wasm\"\nmodels = [\"vision\", \"vision-copy\"]\n"
+        );
+        let files = std::collections::BTreeMap::from([
+            ("mantle.toml".to_owned(), manifest.into_bytes()),
+            ("m.onnx".to_owned(), model.clone()),
+            ("echo.wasm".to_owned(), std::fs::read(programs::ECHO).expect("the echo guest")),
+        ]);
+        let bundle = mantle::bundle::Bundle::from_files(files, None).expect("a bundle");
+        bundle.pack(None).expect("packs")
+    };
+    let upload = |tenant: &str, bytes: &[u8]| {
+        let reply = node.send("POST", &format!("/admin/v1/tenants/{tenant}/deployments"), Some(OPERATOR_TOKEN), bytes);
+        assert_eq!(reply.status, 200, "{tenant}: {}", reply.text());
+    };
+    upload("acme", &bundle("vision-a"));
+    let after_first = node.rss_bytes();
+    upload("globex", &bundle("vision-b"));
+    let after_second = node.rss_bytes();
+    assert_eq!(loads(&node), 1, "loaded again: {}", node.stderr());
+    let grown = after_second.saturating_sub(after_first);
+    assert!(
+        grown < model.len() as u64,
+        "the second deploy grew the node by {grown} bytes, the model is {}",
+        model.len()
+    );
+
+    for (tenant, key) in [("acme", TENANT_KEY), ("globex", OTHER_KEY)] {
+        for name in ["vision", "vision-copy"] {
+            let metadata = node.get(&format!("/v2/models/{name}"), Some(key));
+            assert_eq!(metadata.status, 200, "{tenant}, {name}: {}", metadata.text());
+        }
+    }
+    let configured = node.get("/v2/models/efficientnet-lite0", Some(TENANT_KEY));
+    assert_eq!(configured.status, 200, "{}", configured.text());
 }

@@ -164,7 +164,7 @@ async fn infer(
         let deadline = Duration::from_millis(tenant.limits.infer_deadline_ms);
         let started = Instant::now();
         let outputs = state.node.runtime.infer(&tenant.id, &held.model, inputs, deadline).await;
-        state.metrics.inference(&tenant.id, held.model.name(), started.elapsed());
+        state.metrics.inference(&tenant.id, &held.name, started.elapsed());
         let outputs = outputs.map_err(|e| match e {
             InferError::InvalidInput(message) => ApiError::bad_request(message),
             InferError::Deadline(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
