@@ -8,7 +8,7 @@ repository root, with each directory holding the `mantle` and
 Both builds serve at once and take turns, round by round:
   1. host overhead: the no-op guest over HTTP and /healthz from one
      keep-alive client (`mantle-bench http`), microseconds;
-  2. serving: image-classify on the demo node under oha at concurrency
+  2. serving: image-classify on the demo node under wrk at concurrency
      1, 2 and 8, requests/s and latency.
 It prints the median of each over the rounds and after ÷ before. This
 machine is shared and noisy: only ratios within one run mean anything.
@@ -50,7 +50,7 @@ def main():
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args()
     builds = {"before": args.before, "after": args.after}
-    oha = harness.oha()
+    wrk = harness.wrk()
     sample = ROOT / harness.SAMPLES["image-classify"]
     noop = ROOT / "target" / "guests" / "wasm32-wasip2" / "release" / "noop.wasm"
     key = "bench-key"
@@ -58,6 +58,8 @@ def main():
     nodes = []
     with tempfile.TemporaryDirectory(prefix="mantle-ab-") as scratch:
         scratch = Path(scratch)
+        script = scratch / "post.lua"
+        script.write_text(harness.WRK_SCRIPT)
         config = scratch / "node.toml"
         config.write_text(
             f'[[tenant]]\nid = "bench"\nkey_sha256 = ["{hashlib.sha256(key.encode()).hexdigest()}"]\n'
@@ -71,7 +73,7 @@ def main():
                 nodes += [overhead[0], demo[0]]
                 bases[name] = (overhead[1], demo[1])
             for name, (_, demo) in bases.items():
-                harness.load(oha, f"{demo}/t/demo/image-classify", sample, 8, 2)  # warm-up
+                harness.load(wrk, script, f"{demo}/t/demo/image-classify", sample, 8, 2)  # warm-up
             for round_ in range(args.rounds):
                 for name, (overhead, demo) in bases.items():
                     print(f"  round {round_ + 1}/{args.rounds}: {name}", file=sys.stderr)
@@ -82,7 +84,7 @@ def main():
                     results[name]["healthz"].append(statistics.median(report["healthz_us"]))
                     for c in CONCURRENCY:
                         url = f"{demo}/t/demo/image-classify"
-                        results[name][c].append(harness.load(oha, url, sample, c, args.seconds))
+                        results[name][c].append(harness.load(wrk, script, url, sample, c, args.seconds))
         finally:
             for node in nodes:
                 node.terminate()

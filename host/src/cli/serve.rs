@@ -38,7 +38,6 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let started = Instant::now();
     ignore_file_size_signal();
-    return_large_buffers_at_once();
     let config = args.config.as_deref().map(NodeConfig::load).transpose()?;
     if config.is_none() && !args.models_dir.join("samples").is_dir() {
         return Err(Failure::Setup(anyhow::anyhow!(
@@ -139,21 +138,6 @@ fn ignore_file_size_signal() {
     // handler code; it is called once, before the node starts its work.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-}
-
-/// Makes glibc map every allocation of 4 MiB or more on its own, so that
-/// freeing it returns it to the system. By default glibc raises that
-/// threshold to the size of each large block freed, up to 32 MiB, and then
-/// keeps such blocks in its arenas: a node that unpacked a large bundle
-/// stayed tens of MiB larger after each deploy, though a model shared by
-/// every deployment is loaded once. Request buffers stay below it.
-fn return_large_buffers_at_once() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt changes an allocator setting; it has no
-    // preconditions and may be called at any time.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
