@@ -17,7 +17,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mantle::examples::EXAMPLES;
 use mantle::models::{HostTensor, LoadOptions, Model};
-use mantle::runtime::{ModuleSpec, Request, Runtime, RuntimeConfig};
+use mantle::manifest::module::{ModuleDeclaration, ModuleSource};
+use mantle::node::resolve::{Scope, resolve_module};
+use mantle::runtime::{Request, Runtime, RuntimeConfig};
+use mantle::types::Id;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -225,15 +228,16 @@ fn load(models_dir: &Path, name: &str, benched: &BenchedModel) -> anyhow::Result
 /// node's per-request cost of a guest, without HTTP.
 fn instantiate(runs: usize) -> anyhow::Result<serde_json::Value> {
     let runtime = Runtime::new(&RuntimeConfig::default())?;
-    let wasm = std::fs::read(guests::NOOP).with_context(|| format!("reading {}", guests::NOOP))?;
-    let spec = ModuleSpec {
-        id: "noop".to_owned(),
-        tenant: "bench".to_owned(),
-        grants: Default::default(),
+    let declaration = ModuleDeclaration {
+        id: Id::new("noop").map_err(anyhow::Error::msg)?,
+        source: ModuleSource::File(guests::NOOP.into()),
+        models: Vec::new(),
         limits: Default::default(),
         config: Default::default(),
     };
-    let module = runtime.load_module(spec, &wasm)?;
+    let scope =
+        Scope { tenant: "bench", models: &[], ceiling: None, builtin_guests: &[], bundle: None, compiled_dir: None };
+    let module = resolve_module(&runtime, &declaration, &scope)?.module;
     let request = Request {
         method: "POST".to_owned(),
         path: "/".to_owned(),

@@ -4,9 +4,9 @@
 //! calling the same loaded models directly.
 
 use anyhow::Context;
-use mantle::examples::{EXAMPLES, load_models};
+use mantle::examples::{self, DEMO_TENANT, EXAMPLES};
 use mantle::models::{ElementType, HostTensor, Model};
-use mantle::runtime::{Request, Runtime, RuntimeConfig};
+use mantle::runtime::Request;
 use mantle_guest::native::{Backend, Graph, Tensor};
 use mantle_guest::{ErrorCode, InferenceError, TensorType};
 use std::collections::BTreeMap;
@@ -34,11 +34,16 @@ pub fn measure(
     runs: usize,
     bodies: &BTreeMap<String, Vec<u8>>,
 ) -> anyhow::Result<serde_json::Value> {
-    let registry = load_models(models_dir)?;
-    let models: BTreeMap<String, Arc<Model>> =
-        registry.names().filter_map(|name| Some((name.to_owned(), registry.get(name)?.clone()))).collect();
+    // The node `mantle serve` builds for the examples; the native handlers
+    // call the very models it holds.
+    let node = examples::examples_node(models_dir)?;
+    let demo = node.tenant(DEMO_TENANT).context("the examples' node has the demo tenant")?;
+    let models: BTreeMap<String, Arc<Model>> = EXAMPLES
+        .iter()
+        .filter_map(|example| Some((example.model.to_owned(), Arc::clone(&demo.model(example.model, None)?.model))))
+        .collect();
     mantle_guest::native::install(Arc::new(NativeModels(models)));
-    let runtime = Runtime::new(&RuntimeConfig::default())?;
+    let runtime = &node.runtime;
     let executor = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut report = serde_json::Map::new();
     for (name, body) in bodies {
@@ -47,8 +52,7 @@ pub fn measure(
             .find(|example| example.name == name)
             .with_context(|| format!("`{name}` is not a bundled example"))?;
         let native = native_handler(name).with_context(|| format!("`{name}` has no native build here"))?;
-        let spec = example.spec(&registry).with_context(|| format!("{name}: its model is not loaded"))?;
-        let module = runtime.load_module(spec, example.wasm)?;
+        let module = demo.module(example.name).with_context(|| format!("{name}: the node does not serve it"))?;
         let request = Request {
             method: "POST".to_owned(),
             path: "/".to_owned(),

@@ -1,10 +1,10 @@
 //! The example guests bundled into the binary, and the models they use, so
 //! that a node can run the examples with no configuration at all.
 
-use mantle_manifest::node::{ModelConfig, ModuleConfig, NodeConfig, TenantConfig, TenantLimits};
-use mantle_models::{LoadError, LoadOptions, ModelRegistry};
-use mantle_node::BuiltinGuest;
-use mantle_runtime::{ModuleLimits, ModuleSpec};
+use mantle_manifest::module::{ModuleDeclaration, ModuleSource};
+use mantle_manifest::node::{ModelConfig, NodeConfig, RawNodeConfig, RawTenantConfig, TenantLimits};
+use mantle_models::LoadOptions;
+use mantle_node::{BuildOptions, BuiltinGuest, Node, NodeError};
 use mantle_types::{Grant, Id, Name};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,27 +67,6 @@ impl Example {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions { pinned_dims: self.pinned_dims.iter().map(|&(dim, size)| (dim.to_owned(), size)).collect() }
     }
-
-    /// The module spec for this example, granted its model from `registry`.
-    pub fn spec(&self, registry: &ModelRegistry) -> Option<ModuleSpec> {
-        let model = registry.get(self.model)?;
-        Some(ModuleSpec {
-            id: self.name.to_owned(),
-            tenant: DEMO_TENANT.to_owned(),
-            grants: BTreeMap::from([(self.model.to_owned(), model.clone())]),
-            limits: ModuleLimits::default(),
-            config: BTreeMap::new(),
-        })
-    }
-}
-
-/// Loads every example's model from `models_dir`.
-pub fn load_models(models_dir: &Path) -> Result<ModelRegistry, LoadError> {
-    let mut registry = ModelRegistry::new();
-    for example in &EXAMPLES {
-        registry.load(example.model, &example.model_path(models_dir), &example.load_options())?;
-    }
-    Ok(registry)
 }
 
 /// The example guests, as a node resolves `example = "..."`.
@@ -96,7 +75,8 @@ pub fn builtin_guests() -> [BuiltinGuest; 3] {
 }
 
 /// The configuration of the bundled examples: each example model from
-/// `models_dir`, and tenant `demo` running every example guest.
+/// `models_dir`, and tenant `demo` running every example guest. The tenant
+/// takes requests that carry no key.
 pub fn examples_config(models_dir: &Path) -> NodeConfig {
     // The examples' names are constants that are valid ids and names.
     let name = |text: &str| Name::new(text).expect("an example's model name is valid");
@@ -112,24 +92,35 @@ pub fn examples_config(models_dir: &Path) -> NodeConfig {
         .collect();
     let modules = EXAMPLES
         .iter()
-        .map(|example| ModuleConfig {
+        .map(|example| ModuleDeclaration {
             id: Id::new(example.name).expect("an example's name is a valid id"),
-            path: None,
-            example: Some(example.name.to_owned()),
+            source: ModuleSource::Builtin(example.name.to_owned()),
             models: vec![grant(example.model)],
             limits: Default::default(),
             config: BTreeMap::new(),
         })
         .collect();
-    NodeConfig {
+    let raw = RawNodeConfig {
         node: Default::default(),
         models,
-        tenants: vec![TenantConfig {
+        tenants: vec![RawTenantConfig {
             id: Id::new(DEMO_TENANT).expect("the demo tenant's name is a valid id"),
             key_sha256: Vec::new(),
+            open: true,
             grants: EXAMPLES.iter().map(|e| grant(e.model)).collect(),
             limits: TenantLimits::default(),
             modules,
         }],
-    }
+    };
+    // Checked as any configuration is; nothing in it comes from outside.
+    NodeConfig::try_from(raw).unwrap_or_else(|e| panic!("the examples' configuration is invalid: {e}"))
+}
+
+/// A node serving the bundled examples, keeping nothing on disk, its
+/// guests compiled in this process: what `mantle demo`, the tests and the
+/// benchmarks run the examples on, built as `mantle serve` builds its node.
+pub fn examples_node(models_dir: &Path) -> Result<Node, NodeError> {
+    let builtin_guests = builtin_guests();
+    let options = BuildOptions { data_dir: None, compile_with: None, builtin_guests: &builtin_guests };
+    Node::build(&examples_config(models_dir), &options)
 }

@@ -6,10 +6,10 @@
 pub mod crafted;
 pub mod served;
 
-use mantle::examples::{self, EXAMPLES};
-use mantle::models::{Model, ModelRegistry};
+use mantle::examples;
+use mantle::models::Model;
 use mantle::runtime::{
-    GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, Runtime, RuntimeConfig, SetupError,
+    GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, SetupError,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,33 +46,41 @@ pub fn post(body: impl Into<Vec<u8>>) -> Request {
     Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body: body.into() }
 }
 
-/// One runtime and the example models, shared by all tests of the process.
+/// The bundled examples' node, built as `mantle serve` builds it, shared by
+/// all tests of the process; test programs run on its runtime.
 pub struct Node {
-    pub runtime: Runtime,
-    pub models: ModelRegistry,
-    examples: Vec<GuestModule>,
+    node: &'static mantle::node::Node,
+    /// The example modules, as the demo tenant serves them.
+    examples: Vec<Arc<GuestModule>>,
 }
 
 pub fn node() -> &'static Node {
-    static NODE: OnceLock<Node> = OnceLock::new();
-    NODE.get_or_init(|| {
-        let models = examples::load_models(&models_dir()).expect("the example models load");
-        let runtime = Runtime::new(&RuntimeConfig::default()).expect("the runtime starts");
-        let examples = EXAMPLES
+    static NODE: OnceLock<mantle::node::Node> = OnceLock::new();
+    static FIXTURE: OnceLock<Node> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let node = NODE.get_or_init(|| examples::examples_node(&models_dir()).expect("the examples' node builds"));
+        let demo = node.tenant(examples::DEMO_TENANT).expect("the examples' node has the demo tenant");
+        let examples = examples::EXAMPLES
             .iter()
-            .map(|example| {
-                let spec = example.spec(&models).expect("the example's model is loaded");
-                runtime.load_module(spec, example.wasm).expect("the example module loads")
-            })
+            .map(|e| demo.module(e.name).unwrap_or_else(|| panic!("no example module {}", e.name)))
             .collect();
-        Node { runtime, models, examples }
+        Node { node, examples }
     })
 }
 
 impl Node {
+    fn demo(&self) -> &mantle::node::Tenant {
+        self.node.tenant(examples::DEMO_TENANT).expect("the examples' node has the demo tenant")
+    }
+
     /// The compiled example module `name` (`image-classify`, ...).
     pub fn example(&self, name: &str) -> &GuestModule {
         self.examples.iter().find(|m| m.id() == name).unwrap_or_else(|| panic!("no example module {name}"))
+    }
+
+    /// The example model `name`, as the examples' node holds it.
+    pub fn model(&self, name: &str) -> Arc<Model> {
+        Arc::clone(&self.demo().model(name, None).unwrap_or_else(|| panic!("no model {name}")).model)
     }
 
     /// Compiles a test program as a module of `tenant`, granted the named
@@ -81,8 +89,7 @@ impl Node {
         let grants = grants
             .iter()
             .map(|name| {
-                let model = self.models.get(name).unwrap_or_else(|| panic!("no model {name}"));
-                (name.to_string(), Arc::clone(model))
+                (name.to_string(), self.model(name))
             })
             .collect();
         self.program_granted(wasm_path, tenant, grants, limits)
@@ -105,7 +112,7 @@ impl Node {
             limits,
             config: BTreeMap::from([("greeting".to_owned(), "hello from the operator".to_owned())]),
         };
-        self.runtime.load_module(spec, &wasm).expect("the test program loads")
+        self.node.runtime.load_module(spec, &wasm).expect("the test program loads")
     }
 
     /// Loads the component `wasm` as module `id` of `tenant`, granted
@@ -118,11 +125,11 @@ impl Node {
             limits,
             config: BTreeMap::new(),
         };
-        self.runtime.load_module(spec, wasm)
+        self.node.runtime.load_module(spec, wasm)
     }
 
     pub async fn call(&self, module: &GuestModule, request: Request) -> Result<Response, HandleError> {
-        self.runtime.handle(module, request, "test-request").await
+        self.node.runtime.handle(module, request, "test-request").await
     }
 
     /// Calls `module` and parses its 200 answer as JSON.

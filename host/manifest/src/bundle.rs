@@ -2,7 +2,7 @@
 //! version, the models it ships (each pinned by its SHA-256), and the guest
 //! modules with the models each may load, their limits and config values.
 
-use crate::node::ModuleLimitsConfig;
+use crate::module::{ModuleDeclaration, ModuleLimitsConfig, ModuleSource};
 use mantle_types::{Grant, Id, Name, Sha256};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
@@ -29,9 +29,10 @@ pub struct BundleManifest {
     /// `[[model]]` tables.
     #[serde(default, rename = "model")]
     pub models: Vec<BundleModel>,
-    /// `[[module]]` tables.
-    #[serde(rename = "module")]
-    pub modules: Vec<BundleModule>,
+    /// `[[module]]` tables, each read as a declaration whose component is
+    /// a file of the bundle.
+    #[serde(rename = "module", deserialize_with = "bundle_modules")]
+    pub modules: Vec<ModuleDeclaration>,
 }
 
 fn first_manifest_version() -> u32 {
@@ -115,23 +116,33 @@ pub struct BundleModel {
     pub pin: BTreeMap<String, usize>,
 }
 
-/// A guest module the bundle ships; its id is its route,
-/// `/t/{tenant}/{id}`.
-#[derive(Debug, Clone, Deserialize)]
+/// A `[[module]]` table: a guest module the bundle ships.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BundleModule {
-    pub id: Id,
+struct BundleModule {
+    id: Id,
     /// The component, relative to the bundle.
-    pub file: BundlePath,
+    file: BundlePath,
     /// Models of this bundle the guest may load, by `name` or
     /// `name@version`.
     #[serde(default)]
-    pub models: Vec<Grant>,
+    models: Vec<Grant>,
     #[serde(default)]
-    pub limits: ModuleLimitsConfig,
-    /// Values the guest reads through `context.config-get`.
+    limits: ModuleLimitsConfig,
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    config: BTreeMap<String, String>,
+}
+
+fn bundle_modules<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<ModuleDeclaration>, D::Error> {
+    let modules = Vec::<BundleModule>::deserialize(deserializer)?;
+    let declared = modules.into_iter().map(|m| ModuleDeclaration {
+        id: m.id,
+        source: ModuleSource::Bundled(m.file),
+        models: m.models,
+        limits: m.limits,
+        config: m.config,
+    });
+    Ok(declared.collect())
 }
 
 /// A path inside a bundle: relative, `/`-separated, with no `.`, `..` or
@@ -179,7 +190,11 @@ impl BundleManifest {
     /// Every file the manifest names, once each.
     pub fn files(&self) -> impl Iterator<Item = &BundlePath> {
         let mut seen = HashSet::new();
-        self.models.iter().map(|m| &m.file).chain(self.modules.iter().map(|m| &m.file)).filter(move |p| seen.insert(*p))
+        let modules = self.modules.iter().filter_map(|m| match &m.source {
+            ModuleSource::Bundled(file) => Some(file),
+            ModuleSource::File(_) | ModuleSource::Builtin(_) => None,
+        });
+        self.models.iter().map(|m| &m.file).chain(modules).filter(move |p| seen.insert(*p))
     }
 
     fn check(&self) -> Result<(), String> {

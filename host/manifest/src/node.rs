@@ -5,6 +5,7 @@
 //! Every table refuses unknown fields, and identifiers are checked while
 //! parsing, so that a mistake is reported at its line and column.
 
+use crate::module::{ModuleDeclaration, ModuleLimitsConfig, ModuleSource};
 use crate::signer::PublicKey;
 use mantle_types::{Grant, Id, ModuleLimits, Name, Sha256};
 use serde::Deserialize;
@@ -20,10 +21,20 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// A whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole configuration file, checked: every name it uses is defined,
+/// every tenant can be called, and nothing is configured twice. Built only
+/// by [`NodeConfig::parse`] or from a [`RawNodeConfig`] with `TryFrom`.
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
+    node: NodeSettings,
+    models: Vec<ModelConfig>,
+    tenants: Vec<TenantConfig>,
+}
+
+/// A configuration file as written, before the checks that span tables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodeConfig {
     #[serde(default)]
     pub node: NodeSettings,
     /// `[[model]]` tables.
@@ -31,7 +42,7 @@ pub struct NodeConfig {
     pub models: Vec<ModelConfig>,
     /// `[[tenant]]` tables.
     #[serde(default, rename = "tenant")]
-    pub tenants: Vec<TenantConfig>,
+    pub tenants: Vec<RawTenantConfig>,
 }
 
 /// Settings of the node as a whole.
@@ -109,14 +120,62 @@ pub struct ModelConfig {
     pub pin: BTreeMap<String, usize>,
 }
 
-/// A tenant: who may call, what it may reach, and how much it may use.
+/// A tenant, checked: who may call, what it may reach, and how much it may
+/// use.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    id: Id,
+    key_sha256: Vec<Sha256>,
+    open: bool,
+    grants: Vec<Grant>,
+    limits: TenantLimits,
+    modules: Vec<ModuleDeclaration>,
+}
+
+impl TenantConfig {
+    pub fn id(&self) -> &Id {
+        &self.id
+    }
+
+    /// SHA-256 of each API key the tenant accepts.
+    pub fn key_sha256(&self) -> &[Sha256] {
+        &self.key_sha256
+    }
+
+    /// Whether requests that carry no key are this tenant's.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Models the tenant may use.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    pub fn limits(&self) -> &TenantLimits {
+        &self.limits
+    }
+
+    /// The tenant's modules from the configuration.
+    pub fn modules(&self) -> &[ModuleDeclaration] {
+        &self.modules
+    }
+}
+
+/// A `[[tenant]]` table as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TenantConfig {
+pub struct RawTenantConfig {
     pub id: Id,
     /// SHA-256 of each API key the tenant may present, in hex. Only hashes
     /// are stored; `mantle key` makes a key and its hash.
+    #[serde(default)]
     pub key_sha256: Vec<Sha256>,
+    /// Requests that carry no key are this tenant's: only the bundled
+    /// examples' tenant, when a node serves them with no configuration.
+    /// A configuration file cannot say so.
+    #[serde(skip)]
+    pub open: bool,
     /// Models the tenant may use, by `name` (every version) or
     /// `name@version`.
     #[serde(default)]
@@ -124,8 +183,8 @@ pub struct TenantConfig {
     #[serde(default)]
     pub limits: TenantLimits,
     /// `[[tenant.module]]` tables.
-    #[serde(default, rename = "module")]
-    pub modules: Vec<ModuleConfig>,
+    #[serde(default, rename = "module", deserialize_with = "node_modules")]
+    pub modules: Vec<ModuleDeclaration>,
 }
 
 /// What one tenant may use at once, and the most any of its deployed
@@ -225,104 +284,53 @@ impl TryFrom<RawTenantLimits> for TenantLimits {
     }
 }
 
-/// A guest module of a tenant.
-#[derive(Debug, Clone, Deserialize)]
+/// A `[[tenant.module]]` table: a module declaration whose component is
+/// `path` or `example`. Read through this form so that a table naming both
+/// or neither is reported at its line.
+#[derive(Deserialize)]
+#[serde(try_from = "RawNodeModule")]
+struct NodeModule(ModuleDeclaration);
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModuleConfig {
-    pub id: Id,
-    /// The component, relative to the configuration file. Either this or
-    /// `example`.
-    pub path: Option<PathBuf>,
+struct RawNodeModule {
+    id: Id,
+    /// The component, relative to the configuration file.
+    path: Option<PathBuf>,
     /// One of the example guests built into mantle, by name.
-    pub example: Option<String>,
-    /// Models the guest may load, among the tenant's grants.
+    example: Option<String>,
     #[serde(default)]
-    pub models: Vec<Grant>,
+    models: Vec<Grant>,
     #[serde(default)]
-    pub limits: ModuleLimitsConfig,
-    /// Values the guest reads through `context.config-get`.
+    limits: ModuleLimitsConfig,
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    config: BTreeMap<String, String>,
 }
 
-/// Per-request limits of a module; what is left out takes the default.
-/// Checked as it is read: a value no guest could run within is reported
-/// at its table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawModuleLimits")]
-pub struct ModuleLimitsConfig {
-    /// Memory of one instance (linear memories, tables and `wasi:nn`
-    /// tensors together), in MiB.
-    memory_mib: Option<usize>,
-    /// Wall-clock time for one request, in milliseconds.
-    deadline_ms: Option<u64>,
-}
-
-/// `limits` of a module as written, before it is checked.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawModuleLimits {
-    memory_mib: Option<usize>,
-    deadline_ms: Option<u64>,
-}
-
-impl TryFrom<RawModuleLimits> for ModuleLimitsConfig {
+impl TryFrom<RawNodeModule> for NodeModule {
     type Error = String;
 
-    fn try_from(raw: RawModuleLimits) -> Result<Self, String> {
-        ModuleLimitsConfig::new(raw.memory_mib, raw.deadline_ms)
+    fn try_from(raw: RawNodeModule) -> Result<Self, String> {
+        // Which examples there are is the node's to say, when it resolves
+        // the module.
+        let source = match (raw.path, raw.example) {
+            (Some(path), None) => ModuleSource::File(path),
+            (None, Some(example)) => ModuleSource::Builtin(example),
+            _ => return Err(format!("module `{}`: give exactly one of `path` and `example`", raw.id)),
+        };
+        Ok(NodeModule(ModuleDeclaration {
+            id: raw.id,
+            source,
+            models: raw.models,
+            limits: raw.limits,
+            config: raw.config,
+        }))
     }
 }
 
-impl ModuleLimitsConfig {
-    /// Limits asking for `memory_mib` and `deadline_ms`, the defaults where
-    /// `None`; refused if no guest could run within them.
-    pub fn new(memory_mib: Option<usize>, deadline_ms: Option<u64>) -> Result<Self, String> {
-        let config = ModuleLimitsConfig { memory_mib, deadline_ms };
-        config.limits().validate()?;
-        Ok(config)
-    }
-
-    pub fn memory_mib(&self) -> Option<usize> {
-        self.memory_mib
-    }
-
-    pub fn deadline_ms(&self) -> Option<u64> {
-        self.deadline_ms
-    }
-
-    /// The limits as the runtime applies them, with the defaults for what
-    /// is left out.
-    pub fn limits(&self) -> ModuleLimits {
-        let default = ModuleLimits::default();
-        ModuleLimits {
-            memory_bytes: self.memory_mib.map_or(default.memory_bytes, |mib| mib.saturating_mul(1 << 20)),
-            deadline: self.deadline_ms.map_or(default.deadline, std::time::Duration::from_millis),
-        }
-    }
-
-    /// The limits of a module a tenant ships, held to the tenant's
-    /// ceilings: what is left out is the default or the ceiling, whichever
-    /// is lower; asking for more than the ceiling is refused.
-    pub fn limits_within(&self, ceiling: &TenantLimits) -> Result<ModuleLimits, String> {
-        if let Some(mib) = self.memory_mib.filter(|&mib| mib > ceiling.max_memory_mib) {
-            return Err(format!(
-                "it asks for memory_mib = {mib}, over the tenant's max_memory_mib of {}",
-                ceiling.max_memory_mib
-            ));
-        }
-        if let Some(ms) = self.deadline_ms.filter(|&ms| ms > ceiling.max_deadline_ms) {
-            return Err(format!(
-                "it asks for deadline_ms = {ms}, over the tenant's max_deadline_ms of {}",
-                ceiling.max_deadline_ms
-            ));
-        }
-        let limits = self.limits();
-        Ok(ModuleLimits {
-            memory_bytes: limits.memory_bytes.min(ceiling.max_memory_mib.saturating_mul(1 << 20)),
-            deadline: limits.deadline.min(std::time::Duration::from_millis(ceiling.max_deadline_ms)),
-        })
-    }
+fn node_modules<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<ModuleDeclaration>, D::Error> {
+    let modules = Vec::<NodeModule>::deserialize(deserializer)?;
+    Ok(modules.into_iter().map(|NodeModule(module)| module).collect())
 }
 
 impl NodeConfig {
@@ -338,83 +346,115 @@ impl NodeConfig {
     /// Parses and checks configuration text, resolving relative paths
     /// against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<NodeConfig, String> {
-        let mut config: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.check()?;
-        if let Some(tls) = &mut config.node.tls {
+        let mut raw: RawNodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(tls) = &mut raw.node.tls {
             tls.cert_path = base.join(&tls.cert_path);
             tls.key_path = base.join(&tls.key_path);
         }
-        for model in &mut config.models {
+        for model in &mut raw.models {
             model.path = base.join(&model.path);
         }
-        for module in config.tenants.iter_mut().flat_map(|t| t.modules.iter_mut()) {
-            if let Some(path) = &mut module.path {
+        for module in raw.tenants.iter_mut().flat_map(|t| t.modules.iter_mut()) {
+            if let ModuleSource::File(path) = &mut module.source {
                 *path = base.join(&*path);
             }
         }
-        Ok(config)
+        NodeConfig::try_from(raw)
     }
 
-    /// Checks what the types alone cannot: uniqueness, and that every grant
-    /// and module names something that exists.
-    fn check(&self) -> Result<(), String> {
-        if self.node.compile_memory_mib < 256 {
-            return Err("compile_memory_mib is under 256: the node could compile no guest".to_owned());
+    /// Settings of the node as a whole.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.node
+    }
+
+    /// The models the node holds.
+    pub fn models(&self) -> &[ModelConfig] {
+        &self.models
+    }
+
+    pub fn tenants(&self) -> &[TenantConfig] {
+        &self.tenants
+    }
+}
+
+impl TryFrom<RawNodeConfig> for NodeConfig {
+    type Error = String;
+
+    fn try_from(raw: RawNodeConfig) -> Result<Self, String> {
+        check(&raw)?;
+        let tenants = raw
+            .tenants
+            .into_iter()
+            .map(|t| TenantConfig {
+                id: t.id,
+                key_sha256: t.key_sha256,
+                open: t.open,
+                grants: t.grants,
+                limits: t.limits,
+                modules: t.modules,
+            })
+            .collect();
+        Ok(NodeConfig { node: raw.node, models: raw.models, tenants })
+    }
+}
+
+/// Checks what the types alone cannot: uniqueness, that every tenant can
+/// be called, and that every grant and module names something that exists.
+fn check(config: &RawNodeConfig) -> Result<(), String> {
+    if config.node.compile_memory_mib < 256 {
+        return Err("compile_memory_mib is under 256: the node could compile no guest".to_owned());
+    }
+    if config.node.compile_timeout_ms == 0 {
+        return Err("compile_timeout_ms is 0".to_owned());
+    }
+    let mut models = HashSet::new();
+    for model in &config.models {
+        if !models.insert((model.name.as_str(), model.version.as_str())) {
+            return Err(format!("model `{}` version `{}` is configured twice", model.name, model.version));
         }
-        if self.node.compile_timeout_ms == 0 {
-            return Err("compile_timeout_ms is 0".to_owned());
+    }
+    if config.tenants.iter().filter(|t| t.open).count() > 1 {
+        return Err("more than one tenant takes requests without a key".to_owned());
+    }
+    let mut tenants = HashSet::new();
+    let mut keys = HashSet::new();
+    for tenant in &config.tenants {
+        let at = format!("tenant `{}`", tenant.id);
+        if !tenants.insert(tenant.id.as_str()) {
+            return Err(format!("{at} is configured twice"));
         }
-        let mut models = HashSet::new();
-        for model in &self.models {
-            if !models.insert((model.name.as_str(), model.version.as_str())) {
-                return Err(format!("model `{}` version `{}` is configured twice", model.name, model.version));
+        if tenant.key_sha256.is_empty() && !tenant.open {
+            return Err(format!("{at}: key_sha256 is empty, so nobody could call it"));
+        }
+        for key in &tenant.key_sha256 {
+            if !keys.insert(key.0) {
+                return Err(format!("{at}: a key hash is listed twice or belongs to another tenant as well"));
             }
         }
-        let mut tenants = HashSet::new();
-        let mut keys = HashSet::new();
-        for tenant in &self.tenants {
-            let at = format!("tenant `{}`", tenant.id);
-            if !tenants.insert(tenant.id.as_str()) {
+        for grant in &tenant.grants {
+            if !config.models.iter().any(|m| grant.covers(m.name.as_str(), m.version.as_str())) {
+                return Err(format!("{at}: grant `{grant}` names no configured model"));
+            }
+        }
+        let mut modules = HashSet::new();
+        for module in &tenant.modules {
+            let at = format!("{at}, module `{}`", module.id);
+            if !modules.insert(module.id.as_str()) {
                 return Err(format!("{at} is configured twice"));
             }
-            if tenant.key_sha256.is_empty() {
-                return Err(format!("{at}: key_sha256 is empty, so nobody could call it"));
-            }
-            for key in &tenant.key_sha256 {
-                if !keys.insert(key.0) {
-                    return Err(format!("{at}: a key hash is listed twice or belongs to another tenant as well"));
-                }
-            }
-            for grant in &tenant.grants {
-                if !self.models.iter().any(|m| grant.covers(m.name.as_str(), m.version.as_str())) {
-                    return Err(format!("{at}: grant `{grant}` names no configured model"));
-                }
-            }
-            let mut modules = HashSet::new();
-            for module in &tenant.modules {
-                let at = format!("{at}, module `{}`", module.id);
-                if !modules.insert(module.id.as_str()) {
-                    return Err(format!("{at} is configured twice"));
-                }
-                // Which examples there are is the node's to say, when it
-                // resolves the module.
-                if module.path.is_some() == module.example.is_some() {
-                    return Err(format!("{at}: give exactly one of `path` and `example`"));
-                }
-                for grant in &module.models {
-                    let granted = self
-                        .models
-                        .iter()
-                        .filter(|m| grant.covers(m.name.as_str(), m.version.as_str()))
-                        .any(|m| tenant.grants.iter().any(|g| g.covers(m.name.as_str(), m.version.as_str())));
-                    if !granted {
-                        return Err(format!("{at}: model `{grant}` is not among the tenant's grants"));
-                    }
+            for grant in &module.models {
+                let granted = config
+                    .models
+                    .iter()
+                    .filter(|m| grant.covers(m.name.as_str(), m.version.as_str()))
+                    .any(|m| tenant.grants.iter().any(|g| g.covers(m.name.as_str(), m.version.as_str())));
+                if !granted {
+                    return Err(format!("{at}: model `{grant}` is not among the tenant's grants"));
                 }
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -450,12 +490,12 @@ mod tests {
             "#
         ))
         .expect("parses");
-        assert_eq!(config.models[0].path, Path::new("/etc/mantle/models/e.onnx"));
-        assert_eq!(config.models[0].version.as_str(), "1");
-        let tenant = &config.tenants[0];
-        assert_eq!(tenant.limits.max_concurrent, 2);
-        assert_eq!(tenant.limits.max_queued, TenantLimits::default().max_queued);
-        assert_eq!(tenant.modules[0].path.as_deref(), Some(Path::new("/etc/mantle/guests/c.wasm")));
+        assert_eq!(config.models()[0].path, Path::new("/etc/mantle/models/e.onnx"));
+        assert_eq!(config.models()[0].version.as_str(), "1");
+        let tenant = &config.tenants()[0];
+        assert_eq!(tenant.limits().max_concurrent, 2);
+        assert_eq!(tenant.limits().max_queued, TenantLimits::default().max_queued);
+        assert_eq!(tenant.modules()[0].source, ModuleSource::File("/etc/mantle/guests/c.wasm".into()));
     }
 
     #[test]
@@ -491,18 +531,42 @@ mod tests {
     }
 
     #[test]
-    fn a_tenants_ceilings_bound_what_its_bundles_ask_for() {
-        let ceiling = TenantLimits { max_memory_mib: 128, max_deadline_ms: 2_000, ..TenantLimits::default() };
-        let asked = |memory_mib, deadline_ms| ModuleLimitsConfig { memory_mib, deadline_ms }.limits_within(&ceiling);
-        let within = asked(Some(64), Some(1_000)).expect("within the ceilings");
-        assert_eq!((within.memory_bytes, within.deadline.as_millis()), (64 << 20, 1_000));
-        // Left out: the default, lowered to the ceiling.
-        let defaults = asked(None, None).expect("the defaults, lowered");
-        assert_eq!((defaults.memory_bytes, defaults.deadline.as_millis()), (128 << 20, 2_000));
-        let memory = asked(Some(4096), None).expect_err("too much memory");
-        assert!(memory.contains("memory_mib = 4096") && memory.contains("max_memory_mib of 128"), "{memory}");
-        let day = asked(None, Some(86_400_000)).expect_err("a day");
-        assert!(day.contains("deadline_ms = 86400000") && day.contains("max_deadline_ms of 2000"), "{day}");
+    fn a_module_names_its_component_once_and_the_mistake_is_located() {
+        let module = |source: &str| {
+            parse(&format!("[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n\n[[tenant.module]]\nid = \"x\"\n{source}"))
+        };
+        let both = module("path = \"x.wasm\"\nexample = \"text-embed\"\n").expect_err("path and example");
+        assert!(both.contains("line 5") && both.contains("give exactly one of `path` and `example`"), "{both}");
+        let neither = module("").expect_err("no component");
+        assert!(neither.contains("line 5") && neither.contains("give exactly one"), "{neither}");
+        let example = module("example = \"text-embed\"\n").expect("an example");
+        assert_eq!(example.tenants()[0].modules()[0].source, ModuleSource::Builtin("text-embed".to_owned()));
+    }
+
+    #[test]
+    fn only_the_bundled_examples_have_a_tenant_without_keys() {
+        // A configuration file cannot open a tenant to requests without a key.
+        let open = parse("[[tenant]]\nid = \"a\"\nopen = true\n").expect_err("open is not a field");
+        assert!(open.contains("unknown field `open`"), "{open}");
+        let keyless = parse("[[tenant]]\nid = \"a\"\n").expect_err("no keys");
+        assert!(keyless.contains("key_sha256 is empty, so nobody could call it"), "{keyless}");
+
+        // Built in code, a tenant may take requests without a key, and so
+        // may only one.
+        let tenant = |id: &str| RawTenantConfig {
+            id: Id::new(id).expect("an id"),
+            key_sha256: Vec::new(),
+            open: true,
+            grants: Vec::new(),
+            limits: TenantLimits::default(),
+            modules: Vec::new(),
+        };
+        let one = RawNodeConfig { tenants: vec![tenant("demo")], ..RawNodeConfig::default() };
+        let config = NodeConfig::try_from(one).expect("one open tenant");
+        assert!(config.tenants()[0].is_open());
+        let two = RawNodeConfig { tenants: vec![tenant("a"), tenant("b")], ..RawNodeConfig::default() };
+        let refused = NodeConfig::try_from(two).expect_err("two open tenants");
+        assert!(refused.contains("more than one tenant takes requests without a key"), "{refused}");
     }
 
     #[test]

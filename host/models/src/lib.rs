@@ -45,6 +45,21 @@ pub enum LoadError {
     Unsupported { name: String, message: String },
 }
 
+impl LoadError {
+    /// The same error, naming the file the model's bytes came from.
+    pub fn in_file(self, path: &Path) -> LoadError {
+        match self {
+            LoadError::Parse { name, message, .. } => LoadError::Parse { name, path: path.to_owned(), message },
+            other => other,
+        }
+    }
+}
+
+/// The bytes of model file `path`, to be loaded as model `name`.
+pub fn read_model_file(name: &str, path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read { name: name.to_owned(), path: path.to_owned(), source })
+}
+
 /// Why a run did not produce outputs.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RunError {
@@ -155,15 +170,8 @@ impl Model {
     /// Loads the ONNX file at `path` and optimizes it for this machine.
     /// This takes from milliseconds to seconds; do it once per model.
     pub fn load(name: &str, path: &Path, options: &LoadOptions) -> Result<Model, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(name, &bytes, options).map_err(|e| match e {
-            LoadError::Parse { name, message, .. } => LoadError::Parse { name, path: path.to_owned(), message },
-            other => other,
-        })
+        let bytes = read_model_file(name, path)?;
+        Self::from_bytes(name, &bytes, options).map_err(|e| e.in_file(path))
     }
 
     /// Loads an ONNX model from its serialized bytes.
@@ -615,33 +623,5 @@ fn dim(dim: &TDim) -> Dim {
     match dim.to_i64().ok().and_then(|n| usize::try_from(n).ok()) {
         Some(n) => Dim::Fixed(n),
         None => Dim::Symbol(dim.to_string()),
-    }
-}
-
-/// Models loaded on this node, by name. Each file is loaded once; every
-/// module granted a model shares the same `Arc`.
-#[derive(Debug, Default)]
-pub struct ModelRegistry {
-    models: HashMap<String, Arc<Model>>,
-}
-
-impl ModelRegistry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Loads `path` as model `name`, replacing any model of that name.
-    pub fn load(&mut self, name: &str, path: &Path, options: &LoadOptions) -> Result<Arc<Model>, LoadError> {
-        let model = Arc::new(Model::load(name, path, options)?);
-        self.models.insert(name.to_owned(), Arc::clone(&model));
-        Ok(model)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
-        self.models.get(name)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.models.keys().map(String::as_str)
     }
 }

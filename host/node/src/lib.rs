@@ -1,35 +1,38 @@
-//! What a node serves, resolved once at start-up from its configuration:
-//! the models it holds, and its tenants with their keys, grants, limits and
-//! compiled guest modules. Per request there is only a lookup left to do.
-//! Deployments change it while it runs ([`deploy`]), kept on disk by the
-//! [`store`].
+//! What a node serves: the models it holds, and its tenants with their
+//! keys, grants, limits and guest modules. The configuration is resolved
+//! once at start-up; deployments change what a tenant serves while the
+//! node runs ([`deploy`]), kept on disk by the [`store`]. Per request there
+//! is only a lookup left to do.
 
 pub mod deploy;
 mod model_cache;
+pub mod resolve;
 pub mod store;
 
 pub use model_cache::ModelCache;
 
-use mantle_manifest::node::{ModelConfig, ModuleConfig, NodeConfig, NodeSettings, TenantConfig, TenantLimits};
+use deploy::Active;
+use ed25519_dalek::VerifyingKey;
+use mantle_manifest::node::{ModelConfig, NodeConfig, NodeSettings, TenantConfig, TenantLimits};
 use mantle_models::{LoadError, LoadOptions, Model};
-use mantle_runtime::{GuestModule, IsolatedCompiler, ModuleSpec, Runtime, RuntimeConfig, SetupError};
-use mantle_types::{Grant, Sha256};
+use mantle_runtime::{GuestModule, IsolatedCompiler, Runtime, RuntimeConfig, SetupError};
+use mantle_types::Sha256;
 use rayon::prelude::*;
+use resolve::{ResolveError, Scope, resolve_module};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+use store::{Store, StoreError};
 
 /// Why a node could not be set up from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error("cannot open the node store in {}", dir.display())]
+    Store { dir: PathBuf, source: Box<StoreError> },
     #[error(transparent)]
     Model(#[from] LoadError),
-    #[error("cannot read module `{module}` of tenant `{tenant}` from {}", path.display())]
-    ReadModule { tenant: String, module: String, path: PathBuf, source: std::io::Error },
     #[error("tenant `{tenant}`")]
-    Module { tenant: String, source: SetupError },
-    #[error("module `{module}` of tenant `{tenant}`: there is no example `{example}`; the examples are {known:?}")]
-    UnknownExample { tenant: String, module: String, example: String, known: Vec<&'static str> },
+    Module { tenant: String, source: ResolveError },
     #[error(transparent)]
     Runtime(#[from] SetupError),
 }
@@ -53,17 +56,7 @@ pub struct Tenant {
     modules: BTreeMap<String, Arc<GuestModule>>,
     /// What the tenant's active deployments serve, swapped whole when a
     /// deployment changes: a request holds what it started with.
-    deployed: RwLock<Arc<Deployed>>,
-}
-
-/// What a tenant's active deployments serve.
-#[derive(Default)]
-pub struct Deployed {
-    /// Guest modules by id.
-    pub modules: BTreeMap<String, Arc<GuestModule>>,
-    /// Model versions served through KServe, as the deployments' version
-    /// policies chose them.
-    pub models: Vec<Arc<HeldModel>>,
+    active: RwLock<Arc<Active>>,
 }
 
 impl Tenant {
@@ -77,7 +70,7 @@ impl Tenant {
         if let Some(module) = self.modules.get(id) {
             return Some(Arc::clone(module));
         }
-        self.deployed().modules.get(id).cloned()
+        self.active().module(id)
     }
 
     /// Whether the configuration defines module `id`.
@@ -85,13 +78,14 @@ impl Tenant {
         self.modules.contains_key(id)
     }
 
-    /// Replaces what the tenant's active deployments serve.
-    pub fn set_deployed(&self, deployed: Deployed) {
-        *self.deployed.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(deployed);
+    /// What the tenant's active deployments serve now.
+    fn active(&self) -> Arc<Active> {
+        Arc::clone(&self.active.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn deployed(&self) -> Arc<Deployed> {
-        Arc::clone(&self.deployed.read().unwrap_or_else(PoisonError::into_inner))
+    /// Replaces what the tenant's active deployments serve, in one swap.
+    fn set_active(&self, active: Active) {
+        *self.active.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(active);
     }
 
     /// A model the tenant may use through KServe, by name and, optionally,
@@ -102,14 +96,14 @@ impl Tenant {
         if let Some(model) = self.models.iter().rev().find(wanted) {
             return Some(Arc::clone(model));
         }
-        let deployed = self.deployed();
-        deployed.models.iter().filter(wanted).max_by(|a, b| compare_versions(&a.version, &b.version)).cloned()
+        let active = self.active();
+        active.models().filter(wanted).max_by(|a, b| compare_versions(&a.version, &b.version)).cloned()
     }
 
     /// Every version of `name` the tenant may use through KServe.
     pub fn versions(&self, name: &str) -> Vec<String> {
-        let deployed = self.deployed();
-        let all = self.models.iter().chain(deployed.models.iter());
+        let active = self.active();
+        let all = self.models.iter().chain(active.models());
         let mut versions: Vec<String> = all.filter(|m| m.name == name).map(|m| m.version.clone()).collect();
         versions.sort_by(|a, b| compare_versions(a, b));
         versions.dedup();
@@ -137,19 +131,18 @@ pub struct BuiltinGuest {
 /// How a node is built, besides its configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct BuildOptions<'a> {
-    /// Where compiled code is kept, so that a restart compiles nothing.
-    pub compiled_dir: &'a Path,
+    /// Where the node keeps its deployments and compiled code, so that a
+    /// restart compiles nothing; `None` keeps nothing, and the node then
+    /// takes no deployments.
+    pub data_dir: Option<&'a Path>,
     /// A program whose `compile-guest` command compiles guests in a child
     /// process, within the node's compile limits; `None` compiles here.
     pub compile_with: Option<&'a Path>,
     /// The guests `example = "..."` may name.
     pub builtin_guests: &'a [BuiltinGuest],
-    /// The tenant of requests that carry no key, if any: only for serving
-    /// the bundled examples with no configuration.
-    pub open_tenant: Option<&'a str>,
 }
 
-/// Everything a node serves.
+/// Everything a node serves, and the deployments that change it.
 pub struct Node {
     pub runtime: Runtime,
     tenants: BTreeMap<String, Arc<Tenant>>,
@@ -159,21 +152,38 @@ pub struct Node {
     pub settings: NodeSettings,
     /// Every model the node holds, configured or deployed, once each.
     models: ModelCache,
+    /// Where deployments are kept, if the node takes any.
+    store: Option<Store>,
+    /// Where compiled code is kept, if anywhere.
+    compiled_dir: Option<PathBuf>,
+    /// When not empty, only bundles signed by one of these are accepted.
+    trusted: Vec<VerifyingKey>,
+    /// One deployment change at a time, so that the store and what is
+    /// served agree.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Node {
-    /// Loads every model and compiles every module of `config`.
+    /// Opens the node's store, then loads every model and compiles every
+    /// module of `config`. Stored deployments are not served until
+    /// [`Node::restore`].
     pub fn build(config: &NodeConfig, options: &BuildOptions<'_>) -> Result<Node, NodeError> {
-        let compile_with = options.compile_with;
-        let settings = &config.node;
-        let compiler = compile_with.map(|program| IsolatedCompiler {
+        let settings = config.settings();
+        // The store first: it refuses a second node on the same data
+        // directory before any work is done.
+        let store = options
+            .data_dir
+            .map(|dir| Store::open(dir).map_err(|source| NodeError::Store { dir: dir.to_owned(), source: Box::new(source) }))
+            .transpose()?;
+        let compiled_dir = options.data_dir.map(|dir| dir.join("compiled"));
+        let compiler = options.compile_with.map(|program| IsolatedCompiler {
             program: program.to_owned(),
             memory_bytes: settings.compile_memory_mib.saturating_mul(1 << 20),
             timeout: std::time::Duration::from_millis(settings.compile_timeout_ms),
         });
         // Each tenant's share of the instance slots, so that no tenant can
         // take them all.
-        let tenants = u32::try_from(config.tenants.len()).unwrap_or(u32::MAX).max(1);
+        let tenants = u32::try_from(config.tenants().len()).unwrap_or(u32::MAX).max(1);
         let runtime = Runtime::new(&RuntimeConfig {
             max_instances: settings.max_instances,
             instances_per_tenant: Some((settings.max_instances / tenants).max(1)),
@@ -183,14 +193,28 @@ impl Node {
         // Each model loads and optimizes on one core, independently of the
         // others: loading them side by side shortens a node's start.
         let models = ModelCache::default();
-        let held = config.models.par_iter().map(|model| load_model(&models, model)).collect::<Result<Vec<_>, _>>()?;
+        let held =
+            config.models().par_iter().map(|model| load_model(&models, model)).collect::<Result<Vec<_>, _>>()?;
         let mut tenants = BTreeMap::new();
-        for tenant in &config.tenants {
-            let built = build_tenant(&runtime, options, tenant, &held)?;
-            tenants.insert(built.id.clone(), Arc::new(built));
+        let mut open_tenant = None;
+        for tenant in config.tenants() {
+            let built = Arc::new(build_tenant(&runtime, options, compiled_dir.as_deref(), tenant, &held)?);
+            if tenant.is_open() {
+                open_tenant = Some(Arc::clone(&built));
+            }
+            tenants.insert(built.id.clone(), built);
         }
-        let open_tenant = options.open_tenant.and_then(|id| tenants.get(id)).cloned();
-        Ok(Node { runtime, tenants, open_tenant, settings: settings.clone(), models })
+        Ok(Node {
+            runtime,
+            tenants,
+            open_tenant,
+            settings: settings.clone(),
+            models,
+            store,
+            compiled_dir,
+            trusted: settings.trusted_signers.iter().map(|key| *key.verifying_key()).collect(),
+            changing: tokio::sync::Mutex::new(()),
+        })
     }
 
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
@@ -206,7 +230,7 @@ impl Node {
         self.open_tenant.as_ref()
     }
 
-    /// The node's models, which deployments load theirs through.
+    /// The node's models, each held once.
     pub fn models(&self) -> &ModelCache {
         &self.models
     }
@@ -218,81 +242,38 @@ fn load_model(models: &ModelCache, config: &ModelConfig) -> Result<Arc<HeldModel
     Ok(Arc::new(HeldModel { name: config.name.to_string(), version: config.version.to_string(), model }))
 }
 
-fn covered<'a>(grants: &'a [Grant], held: &'a [Arc<HeldModel>]) -> impl Iterator<Item = &'a Arc<HeldModel>> {
-    held.iter().filter(|m| grants.iter().any(|g| g.covers(&m.name, &m.version)))
-}
-
 fn build_tenant(
     runtime: &Runtime,
     options: &BuildOptions<'_>,
+    compiled_dir: Option<&Path>,
     config: &TenantConfig,
     held: &[Arc<HeldModel>],
 ) -> Result<Tenant, NodeError> {
-    let tenant = config.id.to_string();
-    let models: Vec<Arc<HeldModel>> = covered(&config.grants, held).cloned().collect();
+    let tenant = config.id().to_string();
+    let models: Vec<Arc<HeldModel>> =
+        held.iter().filter(|m| config.grants().iter().any(|g| g.covers(&m.name, &m.version))).cloned().collect();
+    // The operator's own modules: granted among the tenant's models, and
+    // held to no ceiling but the runtime's.
+    let scope = Scope {
+        tenant: &tenant,
+        models: &models,
+        ceiling: None,
+        builtin_guests: options.builtin_guests,
+        bundle: None,
+        compiled_dir,
+    };
     let mut modules = BTreeMap::new();
-    for module in &config.modules {
-        let compiled = build_module(runtime, options, &tenant, module, &models)?;
-        modules.insert(module.id.to_string(), Arc::new(compiled));
+    for declaration in config.modules() {
+        let resolved = resolve_module(runtime, declaration, &scope)
+            .map_err(|source| NodeError::Module { tenant: tenant.clone(), source })?;
+        modules.insert(declaration.id.to_string(), Arc::new(resolved.module));
     }
     Ok(Tenant {
         id: tenant,
-        limits: config.limits,
-        key_hashes: config.key_sha256.clone(),
+        limits: *config.limits(),
+        key_hashes: config.key_sha256().to_vec(),
         models,
         modules,
-        deployed: RwLock::default(),
+        active: RwLock::default(),
     })
-}
-
-/// The names a guest loads `held` models by: `name@version`, and `name`
-/// for the version listed last.
-pub fn module_grants<'a>(held: impl IntoIterator<Item = &'a Arc<HeldModel>>) -> BTreeMap<String, Arc<Model>> {
-    let mut grants = BTreeMap::new();
-    for held in held {
-        grants.insert(format!("{}@{}", held.name, held.version), Arc::clone(&held.model));
-        grants.insert(held.name.clone(), Arc::clone(&held.model));
-    }
-    grants
-}
-
-fn build_module(
-    runtime: &Runtime,
-    options: &BuildOptions<'_>,
-    tenant: &str,
-    config: &ModuleConfig,
-    granted: &[Arc<HeldModel>],
-) -> Result<GuestModule, NodeError> {
-    let spec = ModuleSpec {
-        id: config.id.to_string(),
-        tenant: tenant.to_owned(),
-        grants: module_grants(covered(&config.models, granted)),
-        limits: config.limits.limits(),
-        config: config.config.clone(),
-    };
-    let wasm = match (&config.path, &config.example) {
-        (Some(path), _) => std::borrow::Cow::Owned(std::fs::read(path).map_err(|source| NodeError::ReadModule {
-            tenant: tenant.to_owned(),
-            module: config.id.to_string(),
-            path: path.clone(),
-            source,
-        })?),
-        (None, example) => {
-            let name = example.as_deref().unwrap_or_default();
-            let builtins = options.builtin_guests;
-            let example = builtins.iter().find(|e| e.name == name).ok_or_else(|| NodeError::UnknownExample {
-                tenant: tenant.to_owned(),
-                module: config.id.to_string(),
-                example: name.to_owned(),
-                known: builtins.iter().map(|e| e.name).collect(),
-            })?;
-            std::borrow::Cow::Borrowed(example.wasm)
-        }
-    };
-    let started = std::time::Instant::now();
-    let (module, cached) = runtime
-        .load_module_cached(spec, &wasm, options.compiled_dir)
-        .map_err(|source| NodeError::Module { tenant: tenant.to_owned(), source })?;
-    tracing::debug!(%tenant, module = %config.id, cached, elapsed = ?started.elapsed(), "loaded the module");
-    Ok(module)
 }

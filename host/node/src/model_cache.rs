@@ -3,7 +3,7 @@
 //! `node.toml` and any number of bundles of any tenants name is read,
 //! optimized and held once.
 
-use mantle_models::{LoadError, LoadOptions, Model};
+use mantle_models::{LoadError, LoadOptions, Model, read_model_file};
 use mantle_types::Sha256;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -60,15 +60,8 @@ impl ModelCache {
 
     /// The model in the file at `path`, as [`ModelCache::get_or_load`].
     pub fn get_or_load_file(&self, name: &str, path: &Path, options: &LoadOptions) -> Result<Arc<Model>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            name: name.to_owned(),
-            path: path.to_owned(),
-            source,
-        })?;
-        let (model, _) = self.get_or_load(name, &bytes, options).map_err(|e| match e {
-            LoadError::Parse { name, message, .. } => LoadError::Parse { name, path: path.to_owned(), message },
-            other => other,
-        })?;
+        let bytes = read_model_file(name, path)?;
+        let (model, _) = self.get_or_load(name, &bytes, options).map_err(|e| e.in_file(path))?;
         Ok(model)
     }
 }

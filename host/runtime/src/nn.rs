@@ -19,18 +19,27 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 /// Longest model name a guest may ask for.
 const MAX_NAME_LEN: usize = 256;
 
-/// The models a module may load, by the name the guest uses.
+/// The models a module may load, by the name the guest uses, each with
+/// the name its messages and metrics say (the name without `@version`),
+/// made once here rather than on every load.
 #[derive(Debug, Default)]
 pub struct Grants {
-    models: BTreeMap<String, Arc<Model>>,
+    models: BTreeMap<String, (Arc<Model>, Arc<str>)>,
 }
 
 impl Grants {
     pub fn new(models: BTreeMap<String, Arc<Model>>) -> Self {
+        let models = models
+            .into_iter()
+            .map(|(name, model)| {
+                let shown: Arc<str> = Arc::from(name.split_once('@').map_or(name.as_str(), |(model, _)| model));
+                (name, (model, shown))
+            })
+            .collect();
         Grants { models }
     }
 
-    fn get(&self, name: &str) -> Option<&Arc<Model>> {
+    fn get(&self, name: &str) -> Option<&(Arc<Model>, Arc<str>)> {
         self.models.get(name)
     }
 }
@@ -178,10 +187,9 @@ impl graph::Host for NnView<'_> {
             );
         }
         match self.ctx.grants.get(&name) {
-            Some(model) => {
-                let model = Arc::clone(model);
-                let granted = name.split_once('@').map_or(name.as_str(), |(model, _)| model);
-                Ok(Ok(self.table.push(NnGraph { model, name: Arc::from(granted) })?))
+            Some((model, shown)) => {
+                let graph = NnGraph { model: Arc::clone(model), name: Arc::clone(shown) };
+                Ok(Ok(self.table.push(graph)?))
             }
             // The same answer whether or not the model exists elsewhere on
             // the node: a guest learns nothing about other tenants' models.

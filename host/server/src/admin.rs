@@ -99,7 +99,7 @@ async fn upload(
             }
         })?;
         let archive = archive.to_bytes();
-        let outcome = state.deployments.deploy(&state.node, &tenant, &archive, query.activate).await;
+        let outcome = state.node.deploy(&tenant, &archive, query.activate).await;
         drop(archive);
         outcome.map(Json).map_err(|e| {
             // The tenant is as the path gave it, and the refusal may quote the
@@ -124,17 +124,33 @@ async fn upload(
 /// blocks from the heap as it does by default: a 4 MiB threshold kept for
 /// serving cost image-classify a third of its throughput, and a fixed one
 /// with the default trim threshold about a tenth.
+/// Uploads may overlap (deploys then take turns): the thresholds go back
+/// only when the last one in flight ends.
 struct DeployBuffers;
+
+/// Uploads and deploys in flight. A lock rather than an atomic count, so
+/// that one ending and another starting cannot set the thresholds out of
+/// order.
+static IN_FLIGHT: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
 impl DeployBuffers {
     fn mapped_apart() -> Self {
-        set_allocator(libc_setting::MMAP_THRESHOLD, 1 << 20);
+        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *in_flight == 0 {
+            set_allocator(libc_setting::MMAP_THRESHOLD, 1 << 20);
+        }
+        *in_flight += 1;
         DeployBuffers
     }
 }
 
 impl Drop for DeployBuffers {
     fn drop(&mut self) {
+        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *in_flight = in_flight.saturating_sub(1);
+        if *in_flight > 0 {
+            return;
+        }
         set_allocator(libc_setting::MMAP_THRESHOLD, 32 << 20);
         set_allocator(libc_setting::TRIM_THRESHOLD, 64 << 20);
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -170,7 +186,7 @@ fn set_allocator(setting: i32, bytes: i32) {
 }
 
 async fn list(state: Shared, headers: HeaderMap) -> Response {
-    let outcome = operator(&state, &headers).and_then(|()| state.deployments.list().map_err(refused));
+    let outcome = operator(&state, &headers).and_then(|()| state.node.deployments().map_err(refused));
     outcome.map(Json).into_response()
 }
 
@@ -209,7 +225,7 @@ async fn activate(
 ) -> Response {
     let outcome = async {
         operator(&state, &headers)?;
-        state.deployments.activate(&state.node, &tenant, &name, &activation.version).await.map(Json).map_err(refused)
+        state.node.activate(&tenant, &name, &activation.version).await.map(Json).map_err(refused)
     };
     outcome.await.into_response()
 }
@@ -217,7 +233,7 @@ async fn activate(
 async fn delete(state: Shared, ApiPath((tenant, name)): ApiPath<(String, String)>, headers: HeaderMap) -> Response {
     let outcome = async {
         operator(&state, &headers)?;
-        state.deployments.delete(&state.node, &tenant, &name).await.map_err(refused)?;
+        state.node.delete(&tenant, &name).await.map_err(refused)?;
         Ok::<_, ApiError>(StatusCode::NO_CONTENT)
     };
     outcome.await.into_response()

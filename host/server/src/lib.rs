@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use error::ApiError;
 use hyper_util::rt::TokioIo;
-use mantle_node::deploy::Deployments;
 use mantle_node::{Node, Tenant};
 use metrics::NodeMetrics;
 use std::collections::HashMap;
@@ -49,7 +48,6 @@ pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// What every handler shares.
 pub struct Server {
     node: Arc<Node>,
-    deployments: Arc<Deployments>,
     gates: HashMap<String, TenantGate>,
     metrics: NodeMetrics,
     /// False once shutdown has begun: `/readyz` then tells load balancers
@@ -75,9 +73,9 @@ struct Charge {
 }
 
 impl Server {
-    pub fn new(node: Arc<Node>, deployments: Arc<Deployments>) -> Arc<Server> {
+    pub fn new(node: Arc<Node>) -> Arc<Server> {
         let gates = node.tenants().map(|t| (t.id.clone(), TenantGate::new(&t.limits))).collect();
-        Arc::new(Server { node, deployments, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
+        Arc::new(Server { node, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
     }
 
     /// Takes a turn for a request of `tenant` and reads its body within

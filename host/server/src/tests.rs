@@ -8,7 +8,6 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::Response;
 use http_body_util::BodyExt;
 use mantle_manifest::node::NodeConfig;
-use mantle_node::deploy::Deployments;
 use mantle_node::{BuildOptions, Node};
 use mantle_types::Sha256;
 use std::path::Path;
@@ -26,15 +25,9 @@ fn app(data: &Path) -> axum::Router {
         Sha256::of(TENANT_KEY.as_bytes())
     );
     let config = NodeConfig::parse(&config, data).expect("a valid configuration");
-    let options = BuildOptions {
-        compiled_dir: &data.join("compiled"),
-        compile_with: None,
-        builtin_guests: &[],
-        open_tenant: None,
-    };
+    let options = BuildOptions { data_dir: Some(data), compile_with: None, builtin_guests: &[] };
     let node = Node::build(&config, &options).expect("the node builds");
-    let deployments = Deployments::open(data, &[]).expect("the store opens");
-    router(Server::new(std::sync::Arc::new(node), std::sync::Arc::new(deployments)))
+    router(Server::new(std::sync::Arc::new(node)))
 }
 
 async fn send(app: &axum::Router, request: Request<Body>) -> (Response, String) {

@@ -5,7 +5,7 @@ use super::Failure;
 use anyhow::Context;
 use clap::Args;
 use mantle::examples::{self, EXAMPLES};
-use mantle::runtime::{GuestModule, Request, Runtime, RuntimeConfig};
+use mantle::runtime::{GuestModule, Request, Runtime};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,13 +29,13 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
         )));
     }
     let started = Instant::now();
-    let registry = examples::load_models(dir)?;
-    let runtime = Runtime::new(&RuntimeConfig::default())?;
-    let mut modules = Vec::new();
-    for example in &EXAMPLES {
-        let spec = example.spec(&registry).context("an example's model did not load")?;
-        modules.push(runtime.load_module(spec, example.wasm)?);
-    }
+    let node = tokio::task::block_in_place(|| examples::examples_node(dir))?;
+    let demo = node.tenant(examples::DEMO_TENANT).context("the examples' node has the demo tenant")?;
+    let modules = EXAMPLES
+        .iter()
+        .map(|example| demo.module(example.name).context("the examples' node serves every example"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let runtime = &node.runtime;
     println!("mantle demo: {} example guests and their models loaded in {:.2?}\n", modules.len(), started.elapsed());
     let [image, text, speech] = &modules[..] else {
         unreachable!("EXAMPLES has three entries");
@@ -43,7 +43,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
 
     for sample in ["chelsea.png", "coffee.png"] {
         let answer =
-            call(&runtime, image, std::fs::read(dir.join("samples").join(sample)).context("reading a sample")?).await?;
+            call(runtime, image, std::fs::read(dir.join("samples").join(sample)).context("reading a sample")?).await?;
         let top: Vec<String> = answer["top"]
             .as_array()
             .into_iter()
@@ -56,7 +56,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
 
     let mut embeddings = Vec::new();
     for sentence in SENTENCES {
-        let answer = call(&runtime, text, sentence.as_bytes().to_vec()).await?;
+        let answer = call(runtime, text, sentence.as_bytes().to_vec()).await?;
         let vector: Vec<f64> = answer["embedding"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
         embeddings.push(vector);
     }
@@ -66,7 +66,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Failure> {
     }
 
     let answer =
-        call(&runtime, speech, std::fs::read(dir.join("samples/speech.wav")).context("reading a sample")?).await?;
+        call(runtime, speech, std::fs::read(dir.join("samples/speech.wav")).context("reading a sample")?).await?;
     println!("  speech-detect   speech.wav   -> {}", answer["segments"]);
     println!("\nEach line is one request through a fresh sandboxed guest instance.");
     Ok(())

@@ -4,15 +4,16 @@ use super::{Failure, key_value};
 use anyhow::Context;
 use clap::Args;
 use mantle::bundle::{Bundle, keys};
-use mantle::models::{LoadOptions, Model, ModelRegistry};
-use mantle::node::{HeldModel, module_grants};
-use mantle::runtime::{ModuleLimits, ModuleSpec, Request, Runtime, RuntimeConfig};
+use mantle::manifest::module::{ModuleDeclaration, ModuleLimitsConfig, ModuleSource};
+use mantle::models::LoadOptions;
+use mantle::node::resolve::{Scope, resolve_module};
+use mantle::node::{HeldModel, ModelCache};
+use mantle::runtime::{GuestModule, ModuleLimits, Request, Runtime, RuntimeConfig};
+use mantle::types::{Grant, Id, Name};
 use mantle::untrusted::escaped;
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The tenant a module runs as offline.
 const LOCAL_TENANT: &str = "local";
@@ -74,19 +75,18 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
-    let (spec, wasm, source) = match (&args.bundle, &args.module) {
-        (Some(bundle), _) => tokio::task::block_in_place(|| from_bundle(&args, bundle))?,
-        (None, Some(module)) => from_module(&args, module)?,
-        (None, None) => return Err(anyhow::anyhow!("give a module or --bundle").into()),
-    };
-    let body = read_input(&args.input)?;
     let runtime = Runtime::new(&RuntimeConfig {
         max_instances: 4,
         compiler: Some(super::isolated_compiler()?),
         ..RuntimeConfig::default()
     })?;
-    let module = tokio::task::block_in_place(|| runtime.load_module(spec, &wasm))
-        .with_context(|| format!("cannot load {source}"))?;
+    let models = ModelCache::default();
+    let module = tokio::task::block_in_place(|| match (&args.bundle, &args.module) {
+        (Some(bundle), _) => from_bundle(&args, &runtime, &models, bundle),
+        (None, Some(module)) => from_module(&args, &runtime, &models, module),
+        (None, None) => Err(anyhow::anyhow!("give a module or --bundle").into()),
+    })?;
+    let body = read_input(&args.input)?;
     let request = Request {
         method: args.method,
         path: args.path,
@@ -112,17 +112,17 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 /// The module at `path`, granted the models of `--model`, with the limits
-/// and config values of the command line; and how to name it in errors.
-fn from_module(args: &RunArgs, path: &Path) -> Result<(ModuleSpec, Vec<u8>, String), Failure> {
-    let wasm = std::fs::read(path).with_context(|| format!("cannot read module {}", path.display()))?;
-    let mut registry = ModelRegistry::new();
-    let mut grants = BTreeMap::new();
+/// and config values of the command line.
+fn from_module(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Path) -> Result<GuestModule, Failure> {
     for (model, ..) in &args.pins {
         if !args.models.iter().any(|(name, _)| name == model) {
             return Err(anyhow::anyhow!("--pin names model `{model}`, which no --model grants").into());
         }
     }
+    let mut held = Vec::new();
+    let mut grants = Vec::new();
     for (name, model_path) in &args.models {
+        let checked = Name::new(name.as_str()).map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?;
         let options = LoadOptions {
             pinned_dims: args
                 .pins
@@ -131,25 +131,28 @@ fn from_module(args: &RunArgs, path: &Path) -> Result<(ModuleSpec, Vec<u8>, Stri
                 .map(|(_, dim, size)| (dim.clone(), *size))
                 .collect(),
         };
-        let model = registry.load(name, model_path.as_ref(), &options)?;
-        grants.insert(name.clone(), model);
+        let model = models.get_or_load_file(name, model_path.as_ref(), &options)?;
+        held.push(Arc::new(HeldModel { name: name.clone(), version: Name::first_version().to_string(), model }));
+        grants.push(Grant::every_version(checked));
     }
-    let spec = ModuleSpec {
-        id: module_name(path),
-        tenant: LOCAL_TENANT.to_owned(),
-        grants,
-        limits: ModuleLimits {
-            memory_bytes: args.memory_mib.saturating_mul(1 << 20),
-            deadline: Duration::from_millis(args.timeout_ms),
-        },
+    let limits = ModuleLimitsConfig::new(Some(args.memory_mib), Some(args.timeout_ms))
+        .map_err(|e| anyhow::anyhow!("--memory-mib and --timeout-ms: {e}"))?;
+    let declaration = ModuleDeclaration {
+        id: module_id(path),
+        source: ModuleSource::File(path.to_owned()),
+        models: grants,
+        limits,
         config: args.config.iter().cloned().collect(),
     };
-    Ok((spec, wasm, format!("module {}", path.display())))
+    let scope = local_scope(&held, None);
+    let resolved = resolve_module(runtime, &declaration, &scope)
+        .with_context(|| format!("cannot load module {}", path.display()))?;
+    Ok(resolved.module)
 }
 
 /// A module of the bundle at `path`, granted the bundle's models it names,
 /// with the manifest's limits and config values (`--config` adds to them).
-fn from_bundle(args: &RunArgs, path: &Path) -> Result<(ModuleSpec, Vec<u8>, String), Failure> {
+fn from_bundle(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Path) -> Result<GuestModule, Failure> {
     let bundle = Bundle::open(path).with_context(|| format!("cannot open the bundle {}", path.display()))?;
     if !args.trust.is_empty() {
         let trusted = args.trust.iter().map(|p| keys::read_verifying_key(p)).collect::<Result<Vec<_>, _>>()?;
@@ -168,30 +171,32 @@ fn from_bundle(args: &RunArgs, path: &Path) -> Result<(ModuleSpec, Vec<u8>, Stri
             _ => return Err(anyhow::anyhow!("the bundle has modules {}: choose one with --module", ids()).into()),
         },
     };
+    // Only the models the module may load are loaded.
     let mut held = Vec::new();
     for model in &manifest.models {
         if !module.models.iter().any(|g| g.covers(model.name.as_str(), model.version.as_str())) {
             continue;
         }
         let options = LoadOptions { pinned_dims: model.pin.clone() };
-        let loaded = Model::from_bytes(model.name.as_str(), bundle.file(&model.file), &options)?;
+        let (loaded, _) = models.get_or_load(model.name.as_str(), bundle.file(&model.file), &options)?;
         held.push(Arc::new(HeldModel {
             name: model.name.to_string(),
             version: model.version.to_string(),
-            model: Arc::new(loaded),
+            model: loaded,
         }));
     }
-    let mut config = module.config.clone();
-    config.extend(args.config.iter().cloned());
-    let spec = ModuleSpec {
-        id: module.id.to_string(),
-        tenant: LOCAL_TENANT.to_owned(),
-        grants: module_grants(&held),
-        limits: module.limits.limits(),
-        config,
-    };
-    let source = format!("module `{}` of bundle {}", module.id, path.display());
-    Ok((spec, bundle.file(&module.file).to_vec(), source))
+    let mut declaration = module.clone();
+    declaration.config.extend(args.config.iter().cloned());
+    let scope = local_scope(&held, Some(&bundle));
+    let resolved = resolve_module(runtime, &declaration, &scope)
+        .with_context(|| format!("cannot load module `{}` of bundle {}", module.id, path.display()))?;
+    Ok(resolved.module)
+}
+
+/// What a module run offline is resolved against: tenant `local`, the
+/// models given, no ceiling but the runtime's, and no compiled-code cache.
+fn local_scope<'a>(held: &'a [Arc<HeldModel>], bundle: Option<&'a Bundle>) -> Scope<'a> {
+    Scope { tenant: LOCAL_TENANT, models: held, ceiling: None, builtin_guests: &[], bundle, compiled_dir: None }
 }
 
 /// Parses `MODEL:DIM=SIZE`.
@@ -204,8 +209,17 @@ fn pinned_dim(text: &str) -> Result<(String, String, usize), String> {
     parsed.ok_or_else(|| format!("expected MODEL:DIM=SIZE, got `{text}`"))
 }
 
-fn module_name(path: &std::path::Path) -> String {
-    path.file_stem().map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
+/// The module's id, from its file's name: `image_classify.wasm` runs as
+/// `image_classify`. What an id may not hold becomes `-`.
+fn module_id(path: &Path) -> Id {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '-' })
+        .take(63)
+        .collect();
+    let cleaned = cleaned.trim_start_matches('-');
+    Id::new(cleaned).or_else(|_| Id::new("module")).expect("`module` is a valid id")
 }
 
 fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {

@@ -4,7 +4,6 @@
 use super::Failure;
 use anyhow::Context;
 use clap::Args;
-use mantle::deploy::Deployments;
 use mantle::examples::{self, DEMO_TENANT, EXAMPLES};
 use mantle::manifest::node::NodeConfig;
 use mantle::node::{BuildOptions, Node};
@@ -51,29 +50,23 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             .map(|dir| dir.join("mantle"))
             .context("this user has no data directory: pass --data-dir")?,
     };
-    // The store first: it refuses a second node on the same data directory
-    // before any work is done.
-    let trusted = config.as_ref().map_or(&[][..], |c| &c.node.trusted_signers);
-    let deployments = tokio::task::block_in_place(|| Deployments::open(&data_dir, trusted))
-        .with_context(|| format!("cannot open the node store in {}", data_dir.display()))?;
     log_kernel_level();
     // Guests are compiled in child processes of this program, within the
     // node's compile limits.
     let program = std::env::current_exe().context("cannot find the mantle executable to compile guests with")?;
     let builtin_guests = examples::builtin_guests();
-    let options = |open_tenant| BuildOptions {
-        compiled_dir: deployments.compiled_dir(),
-        compile_with: Some(&program),
-        builtin_guests: &builtin_guests,
-        open_tenant,
-    };
+    let options =
+        BuildOptions { data_dir: Some(&data_dir), compile_with: Some(&program), builtin_guests: &builtin_guests };
     let node = tokio::task::block_in_place(|| match (&config, &args.config) {
-        (Some(config), Some(path)) => Node::build(config, &options(None))
-            .with_context(|| format!("cannot set up the node from {}", path.display())),
-        _ => Node::build(&examples::examples_config(&args.models_dir), &options(Some(DEMO_TENANT)))
+        (Some(config), Some(path)) => {
+            Node::build(config, &options).with_context(|| format!("cannot set up the node from {}", path.display()))
+        }
+        _ => Node::build(&examples::examples_config(&args.models_dir), &options)
             .context("cannot set up the bundled examples"),
     })?;
-    let restored = tokio::task::block_in_place(|| deployments.restore(&node))
+    let restored = node
+        .restore()
+        .await
         .with_context(|| format!("cannot read the deployments in {}", data_dir.display()))?;
     if !restored.is_empty() {
         let hits: usize = restored.iter().map(|r| r.cache_hits).sum();
@@ -93,7 +86,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let address = listener.local_addr().context("the listening socket has no address")?;
     let open = node.open_tenant().is_some();
     let tenants = node.tenants().count();
-    let server = Server::new(Arc::new(node), Arc::new(deployments));
+    let server = Server::new(Arc::new(node));
 
     if open {
         tracing::warn!(

@@ -411,7 +411,7 @@ fn tritonclient_gets_the_logits_tract_gives() {
 
     // The same tensor, run in this process by tract.
     let input = std::fs::read(dir.path().join("input.f32")).expect("the client wrote its input");
-    let model = node().models.get(IMAGE_MODEL).expect("the image model");
+    let model = node().model(IMAGE_MODEL);
     let tensor = mantle::models::HostTensor {
         element_type: mantle::models::ElementType::F32,
         shape: vec![1, 3, 224, 224],
@@ -448,8 +448,8 @@ fn the_readme_configuration_is_valid() {
     let text = block.replace("<from `mantle key`>", &key_sha256("mk_example"));
     let config =
         mantle::manifest::node::NodeConfig::parse(&text, repo_root()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(config.tenants.len(), 1);
-    assert_eq!(config.models.len(), 1);
+    assert_eq!(config.tenants().len(), 1);
+    assert_eq!(config.models().len(), 1);
 }
 
 #[test]
