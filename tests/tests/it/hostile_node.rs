@@ -294,12 +294,14 @@ fn upload(served: &ServedNode, bundle: &[u8]) -> mantle_tests::served::Reply {
 
 #[test]
 fn compiling_a_guest_is_bounded_in_time_and_memory_while_the_node_serves() {
-    let config = format!(
-        "[node]\nadmin_token_sha256 = \"{}\"\ncompile_timeout_ms = 1500\ncompile_memory_mib = 256\n\n{}",
-        key_sha256(OPERATOR),
-        hostile_and_neighbour("")
-    );
-    let served = ServedNode::with_config(&config);
+    // A node whose compile limits are `timeout_ms` and 256 MiB.
+    let node = |timeout_ms: u64| {
+        ServedNode::with_config(&format!(
+            "[node]\nadmin_token_sha256 = \"{}\"\ncompile_timeout_ms = {timeout_ms}\ncompile_memory_mib = 256\n\n{}",
+            key_sha256(OPERATOR),
+            hostile_and_neighbour("")
+        ))
+    };
     let shape = ShapeLimits::default();
     // Within every shape limit, yet seconds of compiling: loops cost
     // Cranelift more than linear time.
@@ -313,12 +315,15 @@ fn compiling_a_guest_is_bounded_in_time_and_memory_while_the_node_serves() {
         large = large.main(&crafted::long_function(&format!("$long{i}"), shape.max_function_bytes - 1000));
     }
     // The slow one compiles for 1.5 s: requests are served meanwhile. The
-    // large one may be stopped sooner than any request takes.
+    // large one is given a minute, so that only its memory can stop it
+    // however busy the machine is, and it may be stopped sooner than any
+    // request takes.
     let cases = [
-        (slow.build(), "took longer than the node allows (1.5s)", true),
-        (large.build(), "needed more memory than the node allows (256 MiB)", false),
+        (slow.build(), 1_500, "took longer than the node allows (1.5s)", true),
+        (large.build(), 60_000, "needed more memory than the node allows (256 MiB)", false),
     ];
-    for (wasm, limit, slow) in cases {
+    for (wasm, timeout_ms, limit, slow) in cases {
+        let served = node(timeout_ms);
         let served_meanwhile = AtomicUsize::new(0);
         let deploying = AtomicBool::new(true);
         let refused = std::thread::scope(|scope| {
@@ -338,12 +343,12 @@ fn compiling_a_guest_is_bounded_in_time_and_memory_while_the_node_serves() {
         if slow {
             assert!(served_meanwhile.load(Ordering::SeqCst) > 0, "nothing was served while it compiled");
         }
+        // The same node still compiles what is within its limits.
+        let echo = std::fs::read(programs::ECHO).expect("the echo guest");
+        let deployed = upload(&served, &bundle_of("fine", "fine", &echo, ""));
+        assert_eq!(deployed.status, 200, "{}", deployed.text());
+        assert_eq!(served.post("/t/alpha/fine", Some(ALPHA), b"").status, 200);
     }
-    // The same node still compiles what is within its limits.
-    let echo = std::fs::read(programs::ECHO).expect("the echo guest");
-    let deployed = upload(&served, &bundle_of("fine", "fine", &echo, ""));
-    assert_eq!(deployed.status, 200, "{}", deployed.text());
-    assert_eq!(served.post("/t/alpha/fine", Some(ALPHA), b"").status, 200);
 }
 
 /// Posts `body` to `path` as `key` in a loop until `stop`, and returns each
