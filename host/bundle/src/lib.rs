@@ -116,28 +116,7 @@ impl Bundle {
     /// Reads a packed bundle, checking the index, the signature if there is
     /// one, and every file's size and digest.
     pub fn unpack(archive: &[u8]) -> Result<Bundle, BundleError> {
-        let mut entries = read_archive(archive)?;
-        let index_bytes = entries.remove(INDEX).ok_or_else(|| BundleError::Missing(INDEX.to_owned()))?;
-        let index: Index = serde_json::from_slice(&index_bytes).map_err(|e| BundleError::Index(e.to_string()))?;
-        if index.format != FORMAT {
-            return Err(BundleError::Index(format!("format `{}` is not `{FORMAT}`", index.format)));
-        }
-        let signer = match entries.remove(SIGNATURE) {
-            Some(signature) => Some(verify_signature(&signature, &index_bytes)?),
-            None => None,
-        };
-        let mut files = BTreeMap::new();
-        for entry in index.files {
-            let bytes = entries.remove(&entry.path).ok_or_else(|| BundleError::Missing(entry.path.clone()))?;
-            if bytes.len() as u64 != entry.size || Sha256::of(&bytes).to_string() != entry.sha256 {
-                return Err(BundleError::Corrupt(entry.path));
-            }
-            files.insert(entry.path, bytes);
-        }
-        if let Some(extra) = entries.into_keys().next() {
-            return Err(BundleError::Unlisted(extra));
-        }
-        Self::from_files(files, signer)
+        Packed::read(archive)?.open()
     }
 
     /// Checks that every file the manifest names is present and that every
@@ -187,6 +166,11 @@ impl Bundle {
     /// The bundle as one file: the index, the signature when `signing_key`
     /// is given, then the files. The same bundle and key give the same bytes.
     pub fn pack(&self, signing_key: Option<&SigningKey>) -> Result<Vec<u8>, BundleError> {
+        self.packed(signing_key)?.write()
+    }
+
+    /// The entries of the bundle's packed file, before they are written.
+    pub fn packed(&self, signing_key: Option<&SigningKey>) -> Result<Packed, BundleError> {
         let index = Index {
             format: FORMAT.to_owned(),
             files: self
@@ -199,29 +183,18 @@ impl Bundle {
                 })
                 .collect(),
         };
-        let index_bytes = serde_json::to_vec_pretty(&index).map_err(|e| BundleError::Index(e.to_string()))?;
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut append = |path: &str, bytes: &[u8]| {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            archive.append_data(&mut header, path, bytes).map_err(|e| BundleError::Archive(e.to_string()))
+        let index = serde_json::to_vec_pretty(&index).map_err(|e| BundleError::Index(e.to_string()))?;
+        let signature = match signing_key {
+            Some(key) => {
+                let signature = SignatureFile {
+                    signer: hex::encode(key.verifying_key().as_bytes()),
+                    signature: hex::encode(key.sign(&index).to_bytes()),
+                };
+                Some(serde_json::to_vec_pretty(&signature).map_err(|e| BundleError::Index(e.to_string()))?)
+            }
+            None => None,
         };
-        append(INDEX, &index_bytes)?;
-        if let Some(key) = signing_key {
-            let signature = SignatureFile {
-                signer: hex::encode(key.verifying_key().as_bytes()),
-                signature: hex::encode(key.sign(&index_bytes).to_bytes()),
-            };
-            let bytes = serde_json::to_vec_pretty(&signature).map_err(|e| BundleError::Index(e.to_string()))?;
-            append(SIGNATURE, &bytes)?;
-        }
-        for (path, bytes) in &self.files {
-            append(path, bytes)?;
-        }
-        archive.into_inner().map_err(|e| BundleError::Archive(e.to_string()))
+        Ok(Packed { index, signature, files: self.files.clone() })
     }
 
     /// Refuses the bundle unless one of `trusted` signed it.
@@ -231,6 +204,106 @@ impl Bundle {
             Some(signer) if trusted.contains(signer) => Ok(()),
             Some(signer) => Err(BundleError::UntrustedSigner(hex::encode(signer.as_bytes()))),
         }
+    }
+}
+
+/// A packed bundle's entries, unchecked: the exact bytes of its index
+/// (`bundle.json`) and signature (`bundle.sig`), and its files by path.
+/// Writing them gives the archive [`Bundle::pack`] makes, byte for byte;
+/// [`Packed::open`] checks everything before anything is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packed {
+    pub index: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// A file a packed bundle's index lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub path: String,
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+impl Packed {
+    /// Splits a packed bundle into its entries, checking only that it is an
+    /// archive of regular files with safe names and an index.
+    pub fn read(archive: &[u8]) -> Result<Packed, BundleError> {
+        let mut files = read_archive(archive)?;
+        let index = files.remove(INDEX).ok_or_else(|| BundleError::Missing(INDEX.to_owned()))?;
+        let signature = files.remove(SIGNATURE);
+        Ok(Packed { index, signature, files })
+    }
+
+    /// The packed file: the index, the signature if any, then the files in
+    /// the order of their paths.
+    pub fn write(&self) -> Result<Vec<u8>, BundleError> {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut append = |path: &str, bytes: &[u8]| {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            archive.append_data(&mut header, path, bytes).map_err(|e| BundleError::Archive(e.to_string()))
+        };
+        append(INDEX, &self.index)?;
+        if let Some(signature) = &self.signature {
+            append(SIGNATURE, signature)?;
+        }
+        for (path, bytes) in &self.files {
+            append(path, bytes)?;
+        }
+        archive.into_inner().map_err(|e| BundleError::Archive(e.to_string()))
+    }
+
+    /// The files the index lists, each with its size and digest, in the
+    /// index's order.
+    pub fn listed(&self) -> Result<Vec<Listed>, BundleError> {
+        let index = self.parsed_index()?;
+        index
+            .files
+            .into_iter()
+            .map(|entry| {
+                let sha256 = entry
+                    .sha256
+                    .parse()
+                    .map_err(|e: String| BundleError::Index(format!("`{}`: {e}", entry.path)))?;
+                Ok(Listed { path: entry.path, size: entry.size, sha256 })
+            })
+            .collect()
+    }
+
+    /// Checks the index, the signature if there is one, and every file's
+    /// size and digest, then the manifest and what it names.
+    pub fn open(self) -> Result<Bundle, BundleError> {
+        let index = self.parsed_index()?;
+        let signer = match &self.signature {
+            Some(signature) => Some(verify_signature(signature, &self.index)?),
+            None => None,
+        };
+        let mut entries = self.files;
+        let mut files = BTreeMap::new();
+        for entry in index.files {
+            let bytes = entries.remove(&entry.path).ok_or_else(|| BundleError::Missing(entry.path.clone()))?;
+            if bytes.len() as u64 != entry.size || Sha256::of(&bytes).to_string() != entry.sha256 {
+                return Err(BundleError::Corrupt(entry.path));
+            }
+            files.insert(entry.path, bytes);
+        }
+        if let Some(extra) = entries.into_keys().next() {
+            return Err(BundleError::Unlisted(extra));
+        }
+        Bundle::from_files(files, signer)
+    }
+
+    fn parsed_index(&self) -> Result<Index, BundleError> {
+        let index: Index = serde_json::from_slice(&self.index).map_err(|e| BundleError::Index(e.to_string()))?;
+        if index.format != FORMAT {
+            return Err(BundleError::Index(format!("format `{}` is not `{FORMAT}`", index.format)));
+        }
+        Ok(index)
     }
 }
 
@@ -349,6 +422,20 @@ mod tests {
         assert!(matches!(unpacked.require_signer(&[key(2).verifying_key()]), Err(BundleError::UntrustedSigner(_))));
         let unsigned = Bundle::unpack(&original.pack(None).expect("packs")).expect("unpacks");
         assert!(matches!(unsigned.require_signer(&[key(1).verifying_key()]), Err(BundleError::Unsigned)));
+    }
+
+    #[test]
+    fn a_packed_file_split_into_its_entries_is_written_back_byte_for_byte() {
+        for signing_key in [None, Some(key(1))] {
+            let archive = bundle().pack(signing_key.as_ref()).expect("packs");
+            let packed = Packed::read(&archive).expect("reads");
+            assert_eq!(packed.signature.is_some(), signing_key.is_some());
+            let listed = packed.listed().expect("an index");
+            let paths: Vec<_> = listed.iter().map(|l| l.path.as_str()).collect();
+            assert_eq!(paths, ["classify.wasm", MANIFEST, "models/m.onnx"]);
+            assert_eq!(listed[2].sha256, Sha256::of(MODEL));
+            assert_eq!(packed.write().expect("writes"), archive);
+        }
     }
 
     #[test]
