@@ -8,6 +8,7 @@
 //! - [`types`]: identifiers, names, grants, digests, limits;
 //! - [`manifest`]: `node.toml` and `mantle.toml`, parsed and checked;
 //! - [`bundle`]: pack, sign and open bundles;
+//! - [`oci`]: a bundle as an OCI artifact;
 //! - [`models`]: tract, the project's kernels, the inference pool;
 //! - [`runtime`]: the wasmtime engine, stores, limits and the `wasi:nn` host;
 //! - [`node`]: tenants, deployments ([`deploy`]) and the [`store`];
@@ -23,6 +24,7 @@ pub use mantle_bundle as bundle;
 pub use mantle_manifest as manifest;
 pub use mantle_models as models;
 pub use mantle_node as node;
+pub use mantle_oci as oci;
 pub use mantle_node::{deploy, store};
 pub use mantle_runtime as runtime;
 pub use mantle_server as server;

@@ -4,6 +4,7 @@
 //! binary itself, run as a command or as a serving node.
 
 pub mod crafted;
+pub mod registry;
 pub mod served;
 
 use mantle::examples;

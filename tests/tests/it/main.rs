@@ -11,6 +11,7 @@ mod image_classify;
 mod isolation;
 mod layers;
 mod ocr;
+mod registry;
 mod resample;
 mod serve;
 mod speech_detect;
