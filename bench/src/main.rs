@@ -16,8 +16,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mantle::examples::EXAMPLES;
-use mantle::models::{HostTensor, LoadOptions, Model};
 use mantle::manifest::module::{ModuleDeclaration, ModuleSource};
+use mantle::models::{HostTensor, LoadOptions, Model};
 use mantle::node::resolve::{Scope, resolve_module};
 use mantle::runtime::{Request, Runtime, RuntimeConfig};
 use mantle::types::Id;

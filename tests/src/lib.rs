@@ -9,9 +9,7 @@ pub mod served;
 
 use mantle::examples;
 use mantle::models::Model;
-use mantle::runtime::{
-    GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, SetupError,
-};
+use mantle::runtime::{GuestModule, HandleError, ModuleLimits, ModuleSpec, Request, Response, SetupError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -87,12 +85,7 @@ impl Node {
     /// Compiles a test program as a module of `tenant`, granted the named
     /// example models.
     pub fn program(&self, wasm_path: &str, tenant: &str, grants: &[&str], limits: ModuleLimits) -> GuestModule {
-        let grants = grants
-            .iter()
-            .map(|name| {
-                (name.to_string(), self.model(name))
-            })
-            .collect();
+        let grants = grants.iter().map(|name| (name.to_string(), self.model(name))).collect();
         self.program_granted(wasm_path, tenant, grants, limits)
     }
 

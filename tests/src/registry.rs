@@ -137,4 +137,3 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
-

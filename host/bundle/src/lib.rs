@@ -266,10 +266,8 @@ impl Packed {
             .files
             .into_iter()
             .map(|entry| {
-                let sha256 = entry
-                    .sha256
-                    .parse()
-                    .map_err(|e: String| BundleError::Index(format!("`{}`: {e}", entry.path)))?;
+                let sha256 =
+                    entry.sha256.parse().map_err(|e: String| BundleError::Index(format!("`{}`: {e}", entry.path)))?;
                 Ok(Listed { path: entry.path, size: entry.size, sha256 })
             })
             .collect()

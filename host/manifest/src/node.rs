@@ -533,7 +533,9 @@ mod tests {
     #[test]
     fn a_module_names_its_component_once_and_the_mistake_is_located() {
         let module = |source: &str| {
-            parse(&format!("[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n\n[[tenant.module]]\nid = \"x\"\n{source}"))
+            parse(&format!(
+                "[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n\n[[tenant.module]]\nid = \"x\"\n{source}"
+            ))
         };
         let both = module("path = \"x.wasm\"\nexample = \"text-embed\"\n").expect_err("path and example");
         assert!(both.contains("line 5") && both.contains("give exactly one of `path` and `example`"), "{both}");

@@ -173,7 +173,9 @@ impl Node {
         // directory before any work is done.
         let store = options
             .data_dir
-            .map(|dir| Store::open(dir).map_err(|source| NodeError::Store { dir: dir.to_owned(), source: Box::new(source) }))
+            .map(|dir| {
+                Store::open(dir).map_err(|source| NodeError::Store { dir: dir.to_owned(), source: Box::new(source) })
+            })
             .transpose()?;
         let compiled_dir = options.data_dir.map(|dir| dir.join("compiled"));
         let compiler = options.compile_with.map(|program| IsolatedCompiler {
@@ -193,8 +195,7 @@ impl Node {
         // Each model loads and optimizes on one core, independently of the
         // others: loading them side by side shortens a node's start.
         let models = ModelCache::default();
-        let held =
-            config.models().par_iter().map(|model| load_model(&models, model)).collect::<Result<Vec<_>, _>>()?;
+        let held = config.models().par_iter().map(|model| load_model(&models, model)).collect::<Result<Vec<_>, _>>()?;
         let mut tenants = BTreeMap::new();
         let mut open_tenant = None;
         for tenant in config.tenants() {

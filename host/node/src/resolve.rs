@@ -73,7 +73,8 @@ pub fn resolve_module(
         None => declaration.limits.limits(),
     };
     let wasm = component(declaration, scope)?;
-    let granted = scope.models.iter().filter(|held| declaration.models.iter().any(|g| g.covers(&held.name, &held.version)));
+    let granted =
+        scope.models.iter().filter(|held| declaration.models.iter().any(|g| g.covers(&held.name, &held.version)));
     let spec = ModuleSpec {
         id: declaration.id.to_string(),
         tenant: scope.tenant.to_owned(),
@@ -97,17 +98,21 @@ fn component<'a>(declaration: &ModuleDeclaration, scope: &Scope<'a>) -> Result<C
     let module = || declaration.id.to_string();
     match &declaration.source {
         ModuleSource::File(path) => {
-            let bytes =
-                std::fs::read(path).map_err(|source| ResolveError::Read { module: module(), path: path.clone(), source })?;
+            let bytes = std::fs::read(path).map_err(|source| ResolveError::Read {
+                module: module(),
+                path: path.clone(),
+                source,
+            })?;
             Ok(Cow::Owned(bytes))
         }
         ModuleSource::Builtin(name) => {
             let builtins = scope.builtin_guests;
-            let guest = builtins.iter().find(|guest| guest.name == name).ok_or_else(|| ResolveError::UnknownBuiltin {
-                module: module(),
-                name: name.clone(),
-                known: builtins.iter().map(|g| g.name).collect(),
-            })?;
+            let guest =
+                builtins.iter().find(|guest| guest.name == name).ok_or_else(|| ResolveError::UnknownBuiltin {
+                    module: module(),
+                    name: name.clone(),
+                    known: builtins.iter().map(|g| g.name).collect(),
+                })?;
             Ok(Cow::Borrowed(guest.wasm))
         }
         // Opening the bundle made sure that every file its manifest names

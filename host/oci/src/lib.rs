@@ -2,9 +2,10 @@
 //! artifact type [`ARTIFACT_TYPE`], whose config blob carries the bundle's
 //! index and signature exactly as packed, and one layer per file, titled
 //! with its bundle path and addressed by the same SHA-256 the index lists
-//! and the node's store keys blobs by. Converting only: no registry is
-//! reached here, and a bundle read back is opened with every check a
-//! packed file gets.
+//! and the node's store keys blobs by. A bundle read back is opened with
+//! every check a packed file gets. [`registry`] pushes and pulls them.
+
+pub mod registry;
 
 use mantle_bundle::{Bundle, BundleError, MANIFEST, Packed};
 use mantle_manifest::module::ModuleSource;
@@ -38,6 +39,10 @@ pub enum OciError {
     NotABundle { field: &'static str, found: String, expected: &'static str },
     #[error("`{0}` is not an OCI digest: a mantle bundle's blobs are `sha256:` and 64 hex digits")]
     Digest(String),
+    #[error("{0}")]
+    Reference(String),
+    #[error("the registry: {}", mantle_types::untrusted::escaped(.0))]
+    Registry(String),
     #[error("the config blob is invalid: {0}")]
     Config(String),
     #[error("blob {digest} ({what}) has {actual} bytes, or other bytes, than its descriptor says")]
@@ -160,11 +165,7 @@ impl Artifact {
 pub fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, OciError> {
     let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(|e| OciError::Manifest(e.to_string()))?;
     let expect = |field: &'static str, found: &str, expected: &'static str| {
-        if found == expected {
-            Ok(())
-        } else {
-            Err(OciError::NotABundle { field, found: found.to_owned(), expected })
-        }
+        if found == expected { Ok(()) } else { Err(OciError::NotABundle { field, found: found.to_owned(), expected }) }
     };
     expect("mediaType", &manifest.media_type, MANIFEST_MEDIA_TYPE)?;
     expect("artifactType", manifest.artifact_type.as_deref().unwrap_or(""), ARTIFACT_TYPE)?;

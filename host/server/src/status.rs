@@ -5,8 +5,8 @@
 use axum::http::StatusCode;
 use mantle_bundle::BundleError;
 use mantle_node::deploy::DeployError;
-use mantle_node::store::StoreError;
 use mantle_node::resolve::ResolveError;
+use mantle_node::store::StoreError;
 use mantle_runtime::{GuestError, HandleError, SetupError};
 
 /// The status of a refused deployment change.
@@ -19,9 +19,7 @@ pub fn of_deploy(error: &DeployError) -> StatusCode {
         DeployError::Conflict { .. } | DeployError::Store(StoreError::VersionExists { .. }) => StatusCode::CONFLICT,
         DeployError::Bundle(BundleError::Unsigned | BundleError::UntrustedSigner(_)) => StatusCode::FORBIDDEN,
         DeployError::Module(ResolveError::Setup(SetupError::Busy { .. })) => StatusCode::SERVICE_UNAVAILABLE,
-        DeployError::Bundle(_) | DeployError::Model { .. } | DeployError::Module(_) => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        DeployError::Bundle(_) | DeployError::Model { .. } | DeployError::Module(_) => StatusCode::UNPROCESSABLE_ENTITY,
         DeployError::NoStore => StatusCode::NOT_IMPLEMENTED,
         DeployError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

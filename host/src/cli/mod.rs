@@ -7,6 +7,7 @@ mod demo;
 mod deploy;
 mod key;
 mod keygen;
+mod registry;
 mod run;
 mod serve;
 
@@ -56,6 +57,8 @@ enum Command {
     Key(key::KeyArgs),
     Keygen(keygen::KeygenArgs),
     Bundle(bundle::BundleArgs),
+    Push(registry::PushArgs),
+    Pull(registry::PullArgs),
     Deploy(deploy::DeployArgs),
     Status(deploy::StatusArgs),
     Rollback(deploy::RollbackArgs),
@@ -103,6 +106,8 @@ pub fn main() -> ExitCode {
             Command::Key(args) => key::run(args),
             Command::Keygen(args) => keygen::run(args),
             Command::Bundle(args) => bundle::run(args),
+            Command::Push(args) => registry::push(args).await,
+            Command::Pull(args) => registry::pull(args).await,
             Command::Deploy(args) => tokio::task::block_in_place(|| deploy::deploy(args)),
             Command::Status(args) => tokio::task::block_in_place(|| deploy::status(args)),
             Command::Rollback(args) => tokio::task::block_in_place(|| deploy::rollback(args)),

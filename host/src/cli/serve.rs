@@ -64,10 +64,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         _ => Node::build(&examples::examples_config(&args.models_dir), &options)
             .context("cannot set up the bundled examples"),
     })?;
-    let restored = node
-        .restore()
-        .await
-        .with_context(|| format!("cannot read the deployments in {}", data_dir.display()))?;
+    let restored =
+        node.restore().await.with_context(|| format!("cannot read the deployments in {}", data_dir.display()))?;
     if !restored.is_empty() {
         let hits: usize = restored.iter().map(|r| r.cache_hits).sum();
         let modules: usize = restored.iter().map(|r| r.modules.len()).sum();

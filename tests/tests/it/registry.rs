@@ -67,3 +67,64 @@ fn a_bundle_pushed_as_an_oci_artifact_is_served_back_whole_by_a_real_registry() 
     assert!(bundle.signer.is_some());
     assert!(bundle.files().any(|(path, _)| Path::new(path).ends_with("vad.onnx")));
 }
+
+/// Runs `mantle` with `args`; its stdout, or a panic with its stderr.
+fn mantle(args: &[&str]) -> String {
+    let output = std::process::Command::new(mantle_tests::mantle_binary()).args(args).output().expect("mantle runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "mantle {args:?}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// "uploaded N of M blobs" from `mantle push`'s output.
+fn uploaded(pushed: &str) -> (usize, usize) {
+    let line = pushed.lines().find_map(|l| l.trim().strip_prefix("uploaded ")).expect("an uploaded line");
+    let mut words = line.split_whitespace();
+    let uploaded = words.next().and_then(|n| n.parse().ok()).expect("a count");
+    let total = words.nth(1).and_then(|n| n.parse().ok()).expect("a total");
+    (uploaded, total)
+}
+
+#[test]
+fn mantle_push_uploads_what_the_registry_lacks_and_mantle_pull_gives_the_file_back() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let host = registry.url("").trim_start_matches("http://").to_owned();
+    let reference = |tag: &str| format!("oci://{host}/acme/speech:{tag}");
+
+    // Version 1, then version 2, whose guest alone changed.
+    let v1 = dir.path().join("v1.mbundle");
+    std::fs::write(&v1, packed_bundle().write().expect("writes")).expect("write v1");
+    let mut changed = packed_bundle()
+        .open()
+        .expect("opens")
+        .files()
+        .map(|(p, b)| (p.to_owned(), b.to_vec()))
+        .collect::<BTreeMap<_, _>>();
+    changed.insert("echo.wasm".to_owned(), std::fs::read(programs::HOSTILE).expect("another guest"));
+    let v2_bundle = Bundle::from_files(changed, None).expect("version 2");
+    let v2 = dir.path().join("v2.mbundle");
+    std::fs::write(&v2, v2_bundle.pack(None).expect("packs")).expect("write v2");
+
+    let first = mantle(&["push", v1.to_str().expect("a path"), &reference("1"), "--insecure"]);
+    assert_eq!(uploaded(&first), (4, 4), "the config, mantle.toml, the model and the guest: {first}");
+    let again = mantle(&["push", v1.to_str().expect("a path"), &reference("1"), "--insecure"]);
+    assert_eq!(uploaded(&again), (0, 4), "the registry has every blob: {again}");
+    let second = mantle(&["push", v2.to_str().expect("a path"), &reference("2"), "--insecure"]);
+    assert_eq!(uploaded(&second), (2, 4), "the config and the guest, not the model: {second}");
+    // The model went up once: a second client sees it by the digest the
+    // bundle pins, without it having been sent again.
+    let model = std::fs::read(model_path("silero-vad")).expect("the model");
+    let model_blob = format!("/v2/acme/speech/blobs/{}", oci_digest(&mantle::types::Sha256::of(&model)));
+    assert_eq!(registry.get(&model_blob, "*/*").0, 200);
+
+    for (tag, original) in [("1", &v1), ("2", &v2)] {
+        let pulled = dir.path().join(format!("pulled-{tag}.mbundle"));
+        mantle(&["pull", &reference(tag), "-o", pulled.to_str().expect("a path"), "--insecure"]);
+        assert_eq!(
+            std::fs::read(&pulled).expect("the pulled file"),
+            std::fs::read(original).expect("the pushed file"),
+            "version {tag} comes back byte for byte"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Pushing an artifact to a registry and pulling one, through the OCI
+//! distribution API (`oci-client`). A push uploads only the blobs the
+//! registry lacks; a pull checks every blob against its descriptor before
+//! the bundle is assembled.
+
+use crate::{Artifact, MANIFEST_MEDIA_TYPE, OciError, oci_digest, packed_from, parse_manifest};
+use mantle_bundle::Packed;
+use mantle_types::Sha256;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::collections::BTreeMap;
+
+/// The scheme a bundle's registry reference is written with.
+pub const SCHEME: &str = "oci://";
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Plain HTTP instead of HTTPS: for a registry on loopback.
+    pub insecure: bool,
+    /// A user name and password for basic auth, or for the token the
+    /// registry hands out in exchange (the distribution spec's bearer
+    /// flow); anonymous when `None`.
+    pub credentials: Option<(String, String)>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The artifact's digest: its manifest's.
+    pub digest: Sha256,
+    /// Blobs uploaded, and their bytes.
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    /// Blobs the registry already had.
+    pub present: usize,
+}
+
+/// A registry reference, `oci://HOST[:PORT]/REPO[:TAG|@DIGEST]`.
+pub fn parse_reference(text: &str) -> Result<Reference, OciError> {
+    let rest = text
+        .strip_prefix(SCHEME)
+        .ok_or_else(|| OciError::Reference(format!("`{text}` does not start with {SCHEME}")))?;
+    // A reference without a registry host would silently mean Docker Hub.
+    if !rest.split('/').next().is_some_and(|host| host.contains(['.', ':']) || host == "localhost") {
+        return Err(OciError::Reference(format!(
+            "`{text}` names no registry host: write {SCHEME}HOST[:PORT]/REPO:TAG"
+        )));
+    }
+    rest.parse().map_err(|e: oci_client::ParseError| OciError::Reference(format!("`{text}`: {e}")))
+}
+
+/// A client of one registry.
+pub struct Registry {
+    client: Client,
+    auth: RegistryAuth,
+}
+
+impl Registry {
+    pub fn new(access: &Access) -> Registry {
+        // reqwest's rustls needs a process-wide provider; the first caller
+        // installs ring, and a provider already installed is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ClientConfig {
+            protocol: if access.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+            ..ClientConfig::default()
+        };
+        let auth = match &access.credentials {
+            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        Registry { client: Client::new(config), auth }
+    }
+
+    /// Uploads the blobs of `artifact` that the registry lacks, then its
+    /// manifest under `reference`'s tag.
+    pub async fn push(&self, reference: &Reference, artifact: &Artifact) -> Result<Pushed, OciError> {
+        let failed = |what: &str, e: oci_client::errors::OciDistributionError| {
+            OciError::Registry(format!("{what} on {reference}: {e}"))
+        };
+        self.client.auth(reference, &self.auth, RegistryOperation::Push).await.map_err(|e| failed("signing in", e))?;
+        let mut pushed = Pushed { digest: artifact.digest(), uploaded: 0, uploaded_bytes: 0, present: 0 };
+        for (digest, bytes) in &artifact.blobs {
+            let digest = oci_digest(digest);
+            let exists =
+                self.client.blob_exists(reference, &digest).await.map_err(|e| failed("looking up a blob", e))?;
+            if exists {
+                pushed.present += 1;
+                continue;
+            }
+            self.client
+                .push_blob(reference, bytes.clone(), &digest)
+                .await
+                .map_err(|e| failed("uploading a blob", e))?;
+            pushed.uploaded += 1;
+            pushed.uploaded_bytes += bytes.len() as u64;
+        }
+        let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
+        self.client
+            .push_manifest_raw(reference, artifact.manifest_bytes.clone(), content_type)
+            .await
+            .map_err(|e| failed("uploading the manifest", e))?;
+        Ok(pushed)
+    }
+
+    /// The packed bundle `reference` names, and its artifact's digest.
+    /// Every blob is checked against its descriptor; the bundle is still
+    /// to be opened.
+    pub async fn pull(&self, reference: &Reference) -> Result<(Sha256, Packed), OciError> {
+        let failed = |what: &str, e: oci_client::errors::OciDistributionError| {
+            OciError::Registry(format!("{what} from {reference}: {e}"))
+        };
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &[MANIFEST_MEDIA_TYPE])
+            .await
+            .map_err(|e| failed("reading the manifest", e))?;
+        let digest = Sha256::of(&bytes);
+        if let Some(pinned) = reference.digest()
+            && pinned != oci_digest(&digest)
+        {
+            return Err(OciError::Registry(format!(
+                "the registry served a manifest of digest {}",
+                oci_digest(&digest)
+            )));
+        }
+        let manifest = parse_manifest(&bytes)?;
+        let mut blobs = BTreeMap::new();
+        for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if blobs.contains_key(&descriptor.digest) {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            self.client
+                .pull_blob(reference, descriptor.digest.as_str(), &mut bytes)
+                .await
+                .map_err(|e| failed("reading a blob", e))?;
+            blobs.insert(descriptor.digest.clone(), bytes);
+        }
+        let packed = packed_from(&manifest, |descriptor| {
+            Ok::<_, OciError>(blobs.get(&descriptor.digest).cloned().unwrap_or_default())
+        })?;
+        Ok((digest, packed))
+    }
+}
