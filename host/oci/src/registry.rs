@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 /// The scheme a bundle's registry reference is written with.
 pub const SCHEME: &str = "oci://";
 
+/// The most a pulled bundle's blobs may add up to, as their descriptors
+/// say, before any is fetched: a node's default `max_bundle_bytes`.
+pub const MAX_PULL_BYTES: u64 = 1 << 30;
+
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -126,6 +130,13 @@ impl Registry {
             )));
         }
         let manifest = parse_manifest(&bytes)?;
+        let total =
+            std::iter::once(&manifest.config).chain(&manifest.layers).map(|d| d.size).fold(0u64, u64::saturating_add);
+        if total > MAX_PULL_BYTES {
+            return Err(OciError::Registry(format!(
+                "the artifact's blobs add up to {total} bytes, over the {MAX_PULL_BYTES} a bundle may have"
+            )));
+        }
         let mut blobs = BTreeMap::new();
         for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
             if blobs.contains_key(&descriptor.digest) {
