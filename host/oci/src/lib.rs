@@ -116,19 +116,23 @@ pub fn parse_digest(text: &str) -> Result<Sha256, OciError> {
 impl Artifact {
     /// The artifact of a packed bundle. It is opened first, so only a bundle
     /// that passes every check is ever pushed.
-    pub fn from_packed(packed: &Packed) -> Result<Artifact, OciError> {
-        let bundle = packed.clone().open()?;
-        let media_types = media_types(&bundle);
+    pub fn from_packed(packed: Packed) -> Result<Artifact, OciError> {
+        let listed = packed.listed()?;
         let config = Config {
             index: text(&packed.index, "the index")?,
             signature: packed.signature.as_deref().map(|s| text(s, "the signature")).transpose()?,
         };
+        // Opening moves the files into the bundle: they are not copied to
+        // be checked.
+        let bundle = packed.open()?;
+        let media_types = media_types(&bundle);
+        let files: HashMap<&str, &[u8]> = bundle.files().collect();
         let config = serde_json::to_vec(&config).map_err(|e| OciError::Config(e.to_string()))?;
         let config_digest = Sha256::of(&config);
         let mut blobs = BTreeMap::from([(config_digest, config.clone())]);
         let mut layers = Vec::new();
-        for listed in packed.listed()? {
-            let bytes = packed.files.get(&listed.path).ok_or_else(|| BundleError::Missing(listed.path.clone()))?;
+        for listed in listed {
+            let bytes = files.get(listed.path.as_str()).ok_or_else(|| BundleError::Missing(listed.path.clone()))?;
             let media_type = media_types.get(listed.path.as_str()).copied().unwrap_or(FILE_MEDIA_TYPE);
             layers.push(Descriptor {
                 media_type: media_type.to_owned(),
@@ -136,7 +140,7 @@ impl Artifact {
                 size: listed.size,
                 annotations: BTreeMap::from([(TITLE.to_owned(), listed.path.clone())]),
             });
-            blobs.insert(listed.sha256, bytes.clone());
+            blobs.entry(listed.sha256).or_insert_with(|| bytes.to_vec());
         }
         let manifest = ImageManifest {
             schema_version: 2,
@@ -290,7 +294,7 @@ mod tests {
     #[test]
     fn a_bundle_goes_through_an_artifact_and_comes_back_byte_for_byte() {
         let packed = packed();
-        let artifact = Artifact::from_packed(&packed).expect("an artifact");
+        let artifact = Artifact::from_packed(packed.clone()).expect("an artifact");
         let manifest = parse_manifest(&artifact.manifest_bytes).expect("a bundle's manifest");
         assert_eq!(manifest.artifact_type.as_deref(), Some(ARTIFACT_TYPE));
 
@@ -318,7 +322,7 @@ mod tests {
 
     #[test]
     fn an_artifact_that_is_not_a_sound_bundle_is_refused_by_name() {
-        let artifact = Artifact::from_packed(&packed()).expect("an artifact");
+        let artifact = Artifact::from_packed(packed()).expect("an artifact");
         let manifest = parse_manifest(&artifact.manifest_bytes).expect("a bundle's manifest");
 
         // A blob served with other bytes.

@@ -149,8 +149,21 @@ impl Registry {
                 .map_err(|e| failed("reading a blob", e))?;
             blobs.insert(descriptor.digest.clone(), bytes);
         }
+        // Each blob is handed over as it is, but for one that several
+        // layers name (files with the same bytes), which is copied for all
+        // but the last.
+        let mut uses: BTreeMap<&str, usize> = BTreeMap::new();
+        for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            *uses.entry(descriptor.digest.as_str()).or_default() += 1;
+        }
         let packed = packed_from(&manifest, |descriptor| {
-            Ok::<_, OciError>(blobs.get(&descriptor.digest).cloned().unwrap_or_default())
+            let left = uses.get_mut(descriptor.digest.as_str()).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            let bytes =
+                if left == 0 { blobs.remove(&descriptor.digest) } else { blobs.get(&descriptor.digest).cloned() };
+            Ok::<_, OciError>(bytes.unwrap_or_default())
         })?;
         Ok((digest, packed))
     }

@@ -62,7 +62,7 @@ pub async fn push(args: PushArgs) -> Result<(), Failure> {
     let archive =
         std::fs::read(&args.bundle).with_context(|| format!("cannot read the bundle {}", args.bundle.display()))?;
     let packed = Packed::read(&archive).with_context(|| format!("cannot push {}", args.bundle.display()))?;
-    let artifact = Artifact::from_packed(&packed).with_context(|| format!("cannot push {}", args.bundle.display()))?;
+    let artifact = Artifact::from_packed(packed).with_context(|| format!("cannot push {}", args.bundle.display()))?;
     let pushed = Registry::new(&args.access.access())
         .push(&reference, &artifact)
         .await
@@ -88,7 +88,7 @@ pub async fn pull(args: PullArgs) -> Result<(), Failure> {
     let archive = packed.write()?;
     // Opened before it is written: a pulled file is one that passes every
     // check a packed bundle gets.
-    let bundle = Packed::read(&archive)?.open().with_context(|| format!("refusing {}", args.reference))?;
+    let bundle = packed.open().with_context(|| format!("refusing {}", args.reference))?;
     let partial = args.output.with_extension("partial");
     std::fs::write(&partial, &archive)
         .and_then(|()| std::fs::rename(&partial, &args.output))

@@ -145,9 +145,8 @@ fn from_module(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Pa
         config: args.config.iter().cloned().collect(),
     };
     let scope = local_scope(&held, None);
-    let resolved = resolve_module(runtime, &declaration, &scope)
-        .with_context(|| format!("cannot load module {}", path.display()))?;
-    Ok(resolved.module)
+    // Every refusal names the module, and a missing file its path.
+    Ok(resolve_module(runtime, &declaration, &scope)?.module)
 }
 
 /// A module of the bundle at `path`, granted the bundle's models it names,
@@ -189,7 +188,7 @@ fn from_bundle(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Pa
     declaration.config.extend(args.config.iter().cloned());
     let scope = local_scope(&held, Some(&bundle));
     let resolved = resolve_module(runtime, &declaration, &scope)
-        .with_context(|| format!("cannot load module `{}` of bundle {}", module.id, path.display()))?;
+        .with_context(|| format!("cannot run the bundle {}", path.display()))?;
     Ok(resolved.module)
 }
 

@@ -33,7 +33,7 @@ fn packed_bundle() -> Packed {
 fn a_bundle_pushed_as_an_oci_artifact_is_served_back_whole_by_a_real_registry() {
     let registry = Registry::start();
     let packed = packed_bundle();
-    let artifact = Artifact::from_packed(&packed).expect("an artifact");
+    let artifact = Artifact::from_packed(packed.clone()).expect("an artifact");
     let repo = "acme/speech";
     for bytes in artifact.blobs.values() {
         registry.push_blob(repo, bytes);
