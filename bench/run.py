@@ -20,7 +20,10 @@ Measured so far:
      against a FastAPI + Pillow + onnxruntime server of the same pipeline,
      and the memory of both, idle and at peak;
   5. cold start: from `mantle serve` starting to all three examples having
-     answered, with an empty compiled-code cache and with a warm one.
+     answered, with an empty compiled-code cache and with a warm one;
+  6. following a registry tag: from a tag move to the first answer of the
+     new version on three nodes, and the registry requests of idle nodes
+     (bench/follow.py, which also runs alone).
 
 The report has a section per CPU: a run replaces the section of the CPU it
 ran on (its model and vector features) and keeps the others, so that
@@ -43,6 +46,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import follow
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "bench" / "models.json"
@@ -469,6 +474,7 @@ def main():
     parser.add_argument("--starts", type=int, default=5, help="warm-cache starts to time (default: 5)")
     parser.add_argument("--requests", type=int, default=5000, help="no-op requests to time (default: 5000)")
     parser.add_argument("--seconds", type=int, default=6, help="seconds of each load run (default: 6)")
+    parser.add_argument("--follow-rounds", type=int, default=5, help="tag moves of each kind to time (default: 5)")
     args = parser.parse_args()
 
     binaries = build(args.profile)
@@ -498,6 +504,9 @@ def main():
         warm = [cold_start(binaries, data_dir) for _ in range(args.starts)]
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+    print("following a registry tag", file=sys.stderr)
+    followed = follow.measure(binaries, args.follow_rounds)
 
     heading = SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
     lowered = "" if cpu["chosen"] == cpu["detected"] else f", lowered from {cpu['detected']} by MANTLE_CPU_KERNELS"
@@ -682,6 +691,7 @@ def main():
         "| warm cache, best | " + " | ".join(f"{min(w[n] for w in warm):.3f}" for n in names) + " |",
         "",
     ]
+    lines += follow.section(followed, args.follow_rounds)
     report = "\n".join(lines)
     write_report(heading, report)
     print(report)

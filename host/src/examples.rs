@@ -110,6 +110,7 @@ pub fn examples_config(models_dir: &Path) -> NodeConfig {
             grants: EXAMPLES.iter().map(|e| grant(e.model)).collect(),
             limits: TenantLimits::default(),
             modules,
+            follows: Vec::new(),
         }],
     };
     // Checked as any configuration is; nothing in it comes from outside.

@@ -278,3 +278,46 @@ pub fn run_mantle(args: &[&std::ffi::OsStr], stdin: &[u8], limit: std::time::Dur
         stderr: String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned(),
     }
 }
+
+/// The echo guest with a custom section of `padding` bytes that differ per
+/// `seed`: a distinct component, and so distinct blobs and compiled code,
+/// for every version.
+pub fn padded_echo(seed: u64, padding: usize) -> Vec<u8> {
+    let mut wasm = std::fs::read(programs::ECHO).expect("the echo guest");
+    let name = b"mantle-test-padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    payload.extend((0..padding).map(|_| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    }));
+    wasm.push(0); // a custom section
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        wasm.push(if size == 0 { byte } else { byte | 0x80 });
+        if size == 0 {
+            break;
+        }
+    }
+    wasm.extend_from_slice(&payload);
+    wasm
+}
+
+/// Every blob in the store under `data` whose bytes do not hash to its
+/// name, read straight off the disk.
+pub fn damaged_blobs(data: &Path) -> Vec<String> {
+    let blobs = std::fs::read_dir(data.join("blobs")).expect("the store has a blob directory");
+    let mut damaged = Vec::new();
+    for entry in blobs {
+        let entry = entry.expect("a blob's directory entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).expect("a blob reads");
+        if mantle::types::Sha256::of(&bytes).to_string() != name {
+            damaged.push(name);
+        }
+    }
+    damaged
+}

@@ -45,9 +45,9 @@ fn docker_registry() -> PathBuf {
 /// A distribution registry on a loopback port, with its own storage,
 /// stopped when dropped.
 pub struct Registry {
-    child: Child,
-    base: String,
-    _storage: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+    storage: tempfile::TempDir,
 }
 
 impl Registry {
@@ -58,9 +58,8 @@ impl Registry {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let config = storage.path().join("config.yml");
         std::fs::write(
-            &config,
+            storage.path().join("config.yml"),
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
                  http:\n  addr: 127.0.0.1:{port}\n",
@@ -68,27 +67,57 @@ impl Registry {
             ),
         )
         .expect("write the registry's configuration");
+        let mut registry = Registry { child: None, port, storage };
+        registry.restart();
+        registry
+    }
+
+    /// Starts the registry again, on the same port with the same storage,
+    /// after [`Registry::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
         let child = Command::new(docker_registry())
             .arg("serve")
-            .arg(&config)
+            .arg(self.storage.path().join("config.yml"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry runs");
-        let registry = Registry { child, base: format!("http://127.0.0.1:{port}"), _storage: storage };
+        self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if registry.agent().get(format!("{}/v2/", registry.base)).call().is_ok_and(|r| r.status() == 200) {
-                return registry;
+            if self.agent().get(self.url("/v2/")).call().is_ok_and(|r| r.status() == 200) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("the registry did not answer /v2/ within 20 s");
     }
 
+    /// Kills the registry with SIGKILL, mid-answer if it is answering.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `HOST:PORT`, as a reference names the registry.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The file the registry serves the blob of `digest` (`sha256:...`)
+    /// from, in the distribution server's filesystem layout.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let blobs = self.storage.path().join("data/docker/registry/v2/blobs/sha256");
+        blobs.join(&hex[..2]).join(hex).join("data")
+    }
+
     /// The URL of `path` on the registry.
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     pub fn agent(&self) -> ureq::Agent {
@@ -104,10 +133,10 @@ impl Registry {
     pub fn push_blob(&self, repo: &str, bytes: &[u8]) {
         let digest = oci_digest(&mantle::types::Sha256::of(bytes));
         let agent = self.agent();
-        let session = agent.post(format!("{}/v2/{repo}/blobs/uploads/", self.base)).send_empty().expect("POST");
+        let session = agent.post(self.url(&format!("/v2/{repo}/blobs/uploads/"))).send_empty().expect("POST");
         assert_eq!(session.status(), 202, "opening an upload");
         let location = session.headers()["location"].to_str().expect("a location").to_owned();
-        let location = if location.starts_with("http") { location } else { format!("{}{location}", self.base) };
+        let location = if location.starts_with("http") { location } else { self.url(&location) };
         let separator = if location.contains('?') { '&' } else { '?' };
         let put = agent
             .put(format!("{location}{separator}digest={digest}"))
@@ -118,8 +147,7 @@ impl Registry {
     }
 
     pub fn get(&self, path: &str, accept: &str) -> (u16, BTreeMap<String, String>, Vec<u8>) {
-        let mut response =
-            self.agent().get(format!("{}{path}", self.base)).header("accept", accept).call().expect("GET");
+        let mut response = self.agent().get(self.url(path)).header("accept", accept).call().expect("GET");
         let headers = response
             .headers()
             .iter()
@@ -133,7 +161,82 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+    }
+}
+
+/// A TCP relay on a loopback port to an upstream server, passing what the
+/// upstream answers on at a bounded rate: a registry far away, so that a
+/// test can act in the middle of a pull. It counts the bytes it passed on.
+pub struct SlowRelay {
+    address: std::net::SocketAddr,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowRelay {
+    pub fn start(upstream: &str, bytes_per_second: u64) -> SlowRelay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let address = listener.local_addr().expect("an address");
+        let relayed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_owned();
+        let (counted, stopping) = (Arc::clone(&relayed), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let (mut to_server, mut from_client) =
+                    (server.try_clone().expect("clone"), client.try_clone().expect("clone"));
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let _ = to_server.shutdown(std::net::Shutdown::Write);
+                });
+                let counted = Arc::clone(&counted);
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let (mut server, mut client) = (server, client);
+                    // Chunks of a hundredth of a second's worth.
+                    let mut chunk = vec![0; (bytes_per_second / 100).max(1) as usize];
+                    loop {
+                        match server.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if client.write_all(&chunk[..n]).is_err() {
+                                    break;
+                                }
+                                counted.fetch_add(n as u64, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowRelay { address, relayed, stop }
+    }
+
+    /// `HOST:PORT` of the relay.
+    pub fn host(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// Bytes passed on from the upstream so far.
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accepting thread so that it sees the stop.
+        let _ = std::net::TcpStream::connect(self.address);
     }
 }

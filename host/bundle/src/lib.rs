@@ -211,7 +211,7 @@ impl Bundle {
 /// (`bundle.json`) and signature (`bundle.sig`), and its files by path.
 /// Writing them gives the archive [`Bundle::pack`] makes, byte for byte;
 /// [`Packed::open`] checks everything before anything is used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Packed {
     pub index: Vec<u8>,
     pub signature: Option<Vec<u8>>,

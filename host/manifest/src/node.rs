@@ -130,6 +130,7 @@ pub struct TenantConfig {
     grants: Vec<Grant>,
     limits: TenantLimits,
     modules: Vec<ModuleDeclaration>,
+    follows: Vec<FollowConfig>,
 }
 
 impl TenantConfig {
@@ -160,6 +161,11 @@ impl TenantConfig {
     pub fn modules(&self) -> &[ModuleDeclaration] {
         &self.modules
     }
+
+    /// The registry tags the node keeps deployed for the tenant.
+    pub fn follows(&self) -> &[FollowConfig] {
+        &self.follows
+    }
 }
 
 /// A `[[tenant]]` table as written.
@@ -185,7 +191,51 @@ pub struct RawTenantConfig {
     /// `[[tenant.module]]` tables.
     #[serde(default, rename = "module", deserialize_with = "node_modules")]
     pub modules: Vec<ModuleDeclaration>,
+    /// `[[tenant.follow]]` tables.
+    #[serde(default, rename = "follow")]
+    pub follows: Vec<FollowConfig>,
 }
+
+/// A `[[tenant.follow]]` table: a registry tag whose artifact the node
+/// keeps deployed for the tenant, polling it for moves.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowConfig {
+    /// `oci://HOST[:PORT]/REPO:TAG`.
+    pub reference: String,
+    /// How often the tag is looked up, in milliseconds; each poll waits a
+    /// random tenth more or less, so that a fleet does not poll in step.
+    #[serde(default = "default_follow_interval_ms")]
+    pub interval_ms: u64,
+    /// Plain HTTP instead of HTTPS: for a registry on loopback.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Registry credentials: a user name, with its password given in the
+    /// file or, better, in the environment variable `password_env` names.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+}
+
+/// The credentials are never printed.
+impl std::fmt::Debug for FollowConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowConfig")
+            .field("reference", &self.reference)
+            .field("interval_ms", &self.interval_ms)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_follow_interval_ms() -> u64 {
+    30_000
+}
+
+/// The shortest poll interval a follow may ask for: a registry is shared,
+/// and a node polling it in a tight loop would be a nuisance to it.
+pub const MIN_FOLLOW_INTERVAL_MS: u64 = 100;
 
 /// What one tenant may use at once, and the most any of its deployed
 /// modules may ask for. Checked as it is read, so that a mistake is
@@ -392,6 +442,7 @@ impl TryFrom<RawNodeConfig> for NodeConfig {
                 grants: t.grants,
                 limits: t.limits,
                 modules: t.modules,
+                follows: t.follows,
             })
             .collect();
         Ok(NodeConfig { node: raw.node, models: raw.models, tenants })
@@ -434,6 +485,27 @@ fn check(config: &RawNodeConfig) -> Result<(), String> {
         for grant in &tenant.grants {
             if !config.models.iter().any(|m| grant.covers(m.name.as_str(), m.version.as_str())) {
                 return Err(format!("{at}: grant `{grant}` names no configured model"));
+            }
+        }
+        let mut follows = HashSet::new();
+        for follow in &tenant.follows {
+            let at = format!("{at}, follow `{}`", follow.reference);
+            if !follow.reference.starts_with("oci://") {
+                return Err(format!("{at}: the reference must be oci://HOST[:PORT]/REPO:TAG"));
+            }
+            if !follows.insert(follow.reference.as_str()) {
+                return Err(format!("{at} is configured twice"));
+            }
+            if follow.interval_ms < MIN_FOLLOW_INTERVAL_MS {
+                return Err(format!("{at}: interval_ms is under {MIN_FOLLOW_INTERVAL_MS}"));
+            }
+            match (&follow.username, &follow.password, &follow.password_env) {
+                (None, None, None) | (Some(_), Some(_), None) | (Some(_), None, Some(_)) => {}
+                (None, _, _) => return Err(format!("{at}: a password needs a username")),
+                (Some(_), None, None) => return Err(format!("{at}: give the password or password_env")),
+                (Some(_), Some(_), Some(_)) => {
+                    return Err(format!("{at}: give one of password and password_env"));
+                }
             }
         }
         let mut modules = HashSet::new();
@@ -546,6 +618,38 @@ mod tests {
     }
 
     #[test]
+    fn a_followed_tag_is_checked_and_its_password_never_printed() {
+        let follow = |table: &str| {
+            parse(&format!("[[tenant]]\nid = \"a\"\nkey_sha256 = [\"{KEY}\"]\n\n[[tenant.follow]]\n{table}"))
+        };
+        let config = follow(
+            "reference = \"oci://registry.example:5000/acme/vision:stable\"\nusername = \"ci\"\npassword = \"hunter2\"\n",
+        )
+        .expect("a follow");
+        let followed = &config.tenants()[0].follows()[0];
+        assert_eq!((followed.interval_ms, followed.insecure), (30_000, false), "the defaults");
+        assert!(!format!("{followed:?}").contains("hunter2"));
+        for (table, expected) in [
+            ("reference = \"registry.example/acme/vision:1\"\n", "must be oci://"),
+            ("reference = \"oci://r.example/a:1\"\ninterval_ms = 10\n", "interval_ms is under 100"),
+            ("reference = \"oci://r.example/a:1\"\npassword = \"x\"\n", "a password needs a username"),
+            ("reference = \"oci://r.example/a:1\"\nusername = \"ci\"\n", "give the password or password_env"),
+            (
+                "reference = \"oci://r.example/a:1\"\nusername = \"ci\"\npassword = \"x\"\npassword_env = \"P\"\n",
+                "one of password and password_env",
+            ),
+            ("reference = \"oci://r.example/a:1\"\ntag = \"1\"\n", "unknown field `tag`"),
+        ] {
+            let refused = follow(table).expect_err(table);
+            assert!(refused.contains(expected), "{table}: {refused}");
+        }
+        let twice =
+            follow("reference = \"oci://r.example/a:1\"\n\n[[tenant.follow]]\nreference = \"oci://r.example/a:1\"\n")
+                .expect_err("the same tag twice");
+        assert!(twice.contains("configured twice"), "{twice}");
+    }
+
+    #[test]
     fn only_the_bundled_examples_have_a_tenant_without_keys() {
         // A configuration file cannot open a tenant to requests without a key.
         let open = parse("[[tenant]]\nid = \"a\"\nopen = true\n").expect_err("open is not a field");
@@ -562,6 +666,7 @@ mod tests {
             grants: Vec::new(),
             limits: TenantLimits::default(),
             modules: Vec::new(),
+            follows: Vec::new(),
         };
         let one = RawNodeConfig { tenants: vec![tenant("demo")], ..RawNodeConfig::default() };
         let config = NodeConfig::try_from(one).expect("one open tenant");

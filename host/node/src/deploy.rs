@@ -34,6 +34,8 @@ pub enum DeployError {
     Conflict { module: String, owner: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot fetch the bundle from the registry")]
+    Registry(#[from] mantle_oci::OciError),
 }
 
 /// What a deployment change did.
@@ -121,23 +123,63 @@ impl Node {
     /// Checks, compiles and stores the packed bundle `archive` for `tenant`,
     /// and makes it the active version if `activate`.
     pub async fn deploy(&self, tenant_id: &str, archive: &[u8], activate: bool) -> Result<Outcome, DeployError> {
+        let bundle = tokio::task::block_in_place(|| Bundle::unpack(archive))?;
+        self.deploy_bundle(tenant_id, &bundle, activate).await
+    }
+
+    /// Checks, compiles and stores an opened `bundle` for `tenant`, and
+    /// makes it the active version if `activate`. The version already
+    /// active, with the same files and signer, is left as it is.
+    pub async fn deploy_bundle(
+        &self,
+        tenant_id: &str,
+        bundle: &Bundle,
+        activate: bool,
+    ) -> Result<Outcome, DeployError> {
         let _one_at_a_time = self.changing.lock().await;
         tokio::task::block_in_place(|| {
             let store = self.store()?;
             let tenant = self.deploying_tenant(tenant_id)?;
-            let bundle = Bundle::unpack(archive)?;
             if !self.trusted.is_empty() {
                 bundle.require_signer(&self.trusted)?;
             }
             let name = bundle.manifest.bundle.name.to_string();
-            let version = self.prepare(tenant, &bundle, &name)?;
-            let stored = store.store_version(tenant_id, &bundle)?;
+            if activate && let Some(unchanged) = self.already_active(store, tenant, &name, bundle)? {
+                return Ok(unchanged);
+            }
+            let version = self.prepare(tenant, bundle, &name)?;
+            let stored = store.store_version(tenant_id, bundle)?;
             if !activate {
                 return Ok(outcome(tenant_id, &name, &version, false));
             }
             store.activate(tenant_id, &name, &stored.version)?;
             Ok(self.commit(tenant, &name, version))
         })
+    }
+
+    /// What deployment `name` serves, if it serves exactly `bundle` now.
+    fn already_active(
+        &self,
+        store: &Store,
+        tenant: &Tenant,
+        name: &str,
+        bundle: &Bundle,
+    ) -> Result<Option<Outcome>, DeployError> {
+        let Some(deployment) = store.deployments()?.into_iter().find(|d| d.tenant == tenant.id && d.name == name)
+        else {
+            return Ok(None);
+        };
+        let Some(stored) = deployment.active_version() else { return Ok(None) };
+        if !stored.holds(bundle) {
+            return Ok(None);
+        }
+        let active = tenant.active();
+        Ok(active.versions.get(name).map(|version| outcome(&tenant.id, name, version, true)))
+    }
+
+    /// The stored blob of SHA-256 `digest`, if the node has it intact.
+    pub fn stored_blob(&self, digest: &mantle_types::Sha256) -> Option<Vec<u8>> {
+        self.store.as_ref()?.blob(&digest.to_string()).ok()
     }
 
     /// Makes a stored version the active one: a rollback, or a roll forward.
@@ -176,7 +218,7 @@ impl Node {
         Ok(self.store()?.deployments()?)
     }
 
-    fn store(&self) -> Result<&Store, DeployError> {
+    pub(crate) fn store(&self) -> Result<&Store, DeployError> {
         self.store.as_ref().ok_or(DeployError::NoStore)
     }
 

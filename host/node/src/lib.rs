@@ -5,7 +5,9 @@
 //! is only a lookup left to do.
 
 pub mod deploy;
+pub mod follow;
 mod model_cache;
+pub mod pull;
 pub mod resolve;
 pub mod store;
 
@@ -33,6 +35,8 @@ pub enum NodeError {
     Model(#[from] LoadError),
     #[error("tenant `{tenant}`")]
     Module { tenant: String, source: ResolveError },
+    #[error("tenant `{tenant}`")]
+    Follow { tenant: String, source: follow::FollowError },
     #[error(transparent)]
     Runtime(#[from] SetupError),
 }
@@ -161,6 +165,8 @@ pub struct Node {
     /// One deployment change at a time, so that the store and what is
     /// served agree.
     changing: tokio::sync::Mutex<()>,
+    /// The registry tags the node keeps deployed.
+    follows: Vec<Arc<follow::Follow>>,
 }
 
 impl Node {
@@ -198,7 +204,13 @@ impl Node {
         let held = config.models().par_iter().map(|model| load_model(&models, model)).collect::<Result<Vec<_>, _>>()?;
         let mut tenants = BTreeMap::new();
         let mut open_tenant = None;
+        let mut follows = Vec::new();
         for tenant in config.tenants() {
+            for config in tenant.follows() {
+                let follow = follow::Follow::new(tenant.id().as_str(), config, store.is_some())
+                    .map_err(|source| NodeError::Follow { tenant: tenant.id().to_string(), source })?;
+                follows.push(Arc::new(follow));
+            }
             let built = Arc::new(build_tenant(&runtime, options, compiled_dir.as_deref(), tenant, &held)?);
             if tenant.is_open() {
                 open_tenant = Some(Arc::clone(&built));
@@ -215,6 +227,7 @@ impl Node {
             compiled_dir,
             trusted: settings.trusted_signers.iter().map(|key| *key.verifying_key()).collect(),
             changing: tokio::sync::Mutex::new(()),
+            follows,
         })
     }
 

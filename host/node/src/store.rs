@@ -92,6 +92,17 @@ pub struct StoredVersion {
     pub signer: Option<String>,
 }
 
+impl StoredVersion {
+    /// Whether this is `bundle`: its version, its files and its signer.
+    pub fn holds(&self, bundle: &Bundle) -> bool {
+        let files = bundle.files().map(|(path, bytes)| (path, Sha256::of(bytes).to_string()));
+        self.version == bundle.manifest.bundle.version.as_str()
+            && self.signer == bundle.signer.map(|key| hex::encode(key.as_bytes()))
+            && self.files.len() == bundle.files().count()
+            && files.into_iter().all(|(path, digest)| self.files.get(path) == Some(&digest))
+    }
+}
+
 /// The node's store under one directory.
 pub struct Store {
     root: PathBuf,

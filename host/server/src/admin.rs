@@ -14,13 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use mantle_node::deploy::DeployError;
+use mantle_node::follow::FollowStatus;
 use std::sync::Arc;
 
 pub fn routes() -> axum::Router<Arc<super::Server>> {
     axum::Router::new()
         .route("/admin/v1/deployments", get(list))
+        .route("/admin/v1/follows", get(follows))
         .route("/admin/v1/tenants", get(tenants))
         .route("/admin/v1/tenants/{tenant}/deployments", post(upload))
+        .route("/admin/v1/tenants/{tenant}/pulls", post(pull))
         .route("/admin/v1/tenants/{tenant}/deployments/{name}", axum::routing::delete(delete))
         .route("/admin/v1/tenants/{tenant}/deployments/{name}/activate", post(activate))
         .route_layer(axum::middleware::from_fn(name_operation))
@@ -114,6 +117,52 @@ async fn upload(
     outcome.await.into_response()
 }
 
+/// A bundle for the node to fetch from a registry itself.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    /// `oci://HOST[:PORT]/REPO:TAG` or `...@sha256:DIGEST`.
+    reference: String,
+    /// Plain HTTP: for a registry on loopback.
+    #[serde(default)]
+    insecure: bool,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+async fn pull(
+    state: Shared,
+    Extension(id): Extension<RequestId>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<PullRequest>,
+) -> Response {
+    let outcome = async {
+        operator(&state, &headers)?;
+        let reference = mantle_oci::registry::parse_reference(&request.reference)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let credentials = match (request.username, request.password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => return Err(ApiError::bad_request("give both username and password, or neither")),
+        };
+        let access = mantle_oci::registry::Access { insecure: request.insecure, credentials };
+        let registry = mantle_oci::registry::Registry::new(&access);
+        let _buffers = DeployBuffers::mapped_apart();
+        let outcome = state.node.deploy_from(&tenant, &registry, &reference, query.activate).await;
+        outcome.map(Json).map_err(|e| {
+            tracing::warn!(
+                tenant = %mantle_types::untrusted::escaped(&tenant), request = %id.0,
+                reference = %mantle_types::untrusted::escaped(&request.reference),
+                "deployment from a registry refused: {}", mantle_types::untrusted::escaped(&e.to_string())
+            );
+            refused(e)
+        })
+    };
+    outcome.await.into_response()
+}
+
 /// While a bundle is uploaded and deployed, glibc maps every block of
 /// 1 MiB or more on its own, so that freeing it gives it back: a deploy
 /// holds its bundle two or three times over (the body, the unpacked files,
@@ -185,9 +234,39 @@ fn set_allocator(setting: i32, bytes: i32) {
     let _ = (setting, bytes);
 }
 
+/// A deployment as the operator lists it: what the store holds, and the
+/// followed tags that deploy it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ListedDeployment {
+    #[serde(flatten)]
+    pub deployment: mantle_node::store::Deployment,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follows: Vec<FollowStatus>,
+}
+
 async fn list(state: Shared, headers: HeaderMap) -> Response {
     let outcome = operator(&state, &headers).and_then(|()| state.node.deployments().map_err(refused));
-    outcome.map(Json).into_response()
+    let follows = state.node.follows();
+    let listed = outcome.map(|deployments| {
+        let listed: Vec<ListedDeployment> = deployments
+            .into_iter()
+            .map(|deployment| {
+                let follows = follows
+                    .iter()
+                    .filter(|f| f.tenant == deployment.tenant && f.deployment.as_ref() == Some(&deployment.name))
+                    .cloned()
+                    .collect();
+                ListedDeployment { deployment, follows }
+            })
+            .collect();
+        Json(listed)
+    });
+    listed.into_response()
+}
+
+/// Every followed tag, deployed yet or not.
+async fn follows(state: Shared, headers: HeaderMap) -> Response {
+    operator(&state, &headers).map(|()| Json(state.node.follows())).into_response()
 }
 
 /// A tenant as the operator sees it: its limits, among them the ceilings

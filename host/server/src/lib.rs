@@ -248,6 +248,7 @@ async fn readyz(State(server): Shared) -> Response {
 async fn metrics_text(State(server): Shared) -> Response {
     let load = server.gates.iter().map(|(tenant, gate)| (tenant.clone(), gate.running(), gate.waiting()));
     server.metrics.set_load(server.node.runtime.live_instances(), load);
+    server.metrics.set_follows(&server.node.follows());
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], server.metrics.encode()).into_response()
 }
 

@@ -43,6 +43,20 @@ struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowLabels {
+    tenant: String,
+    reference: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FollowedLabels {
+    tenant: String,
+    reference: String,
+    digest: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     tenant: String,
     model: String,
@@ -69,6 +83,11 @@ pub struct NodeMetrics {
     live_instances: Gauge,
     running: Family<TenantLabels, Gauge>,
     queued: Family<TenantLabels, Gauge>,
+    follow_serving: Family<FollowedLabels, Gauge>,
+    follow_checked: Family<FollowLabels, Gauge>,
+    follow_failures: Family<FollowLabels, Gauge>,
+    follow_refused: Family<FollowLabels, Gauge>,
+    follow_fetched_bytes: Family<FollowLabels, Gauge>,
 }
 
 impl Default for NodeMetrics {
@@ -94,6 +113,11 @@ impl NodeMetrics {
             live_instances: Gauge::default(),
             running: Family::default(),
             queued: Family::default(),
+            follow_serving: Family::default(),
+            follow_checked: Family::default(),
+            follow_failures: Family::default(),
+            follow_refused: Family::default(),
+            follow_fetched_bytes: Family::default(),
         };
         let mut registry = metrics.registry;
         registry.register("requests", "Requests answered, by tenant, module and status", metrics.requests.clone());
@@ -137,6 +161,31 @@ impl NodeMetrics {
         registry.register("live_instances", "Guest instances running now", metrics.live_instances.clone());
         registry.register("running_requests", "Requests running now, by tenant", metrics.running.clone());
         registry.register("queued_requests", "Requests waiting for a turn, by tenant", metrics.queued.clone());
+        registry.register(
+            "follow_serving",
+            "1 for the artifact (digest and bundle version) a followed tag deploys now",
+            metrics.follow_serving.clone(),
+        );
+        registry.register(
+            "follow_last_check_timestamp_seconds",
+            "When a followed tag was last looked up, in seconds since the epoch",
+            metrics.follow_checked.clone(),
+        );
+        registry.register(
+            "follow_failures",
+            "Polls of a followed tag that failed in a row; 0 once one succeeds",
+            metrics.follow_failures.clone(),
+        );
+        registry.register(
+            "follow_refused",
+            "1 while the artifact a followed tag names was refused and the earlier one serves",
+            metrics.follow_refused.clone(),
+        );
+        registry.register(
+            "follow_fetched_bytes",
+            "Blob bytes fetched from the registry for a followed tag since the node started",
+            metrics.follow_fetched_bytes.clone(),
+        );
         NodeMetrics { registry, ..metrics }
     }
 
@@ -189,6 +238,29 @@ impl NodeMetrics {
         for (tenant, running, queued) in tenants {
             self.running.get_or_create(&TenantLabels { tenant: tenant.clone() }).set(running as i64);
             self.queued.get_or_create(&TenantLabels { tenant }).set(queued as i64);
+        }
+    }
+
+    /// Sets the followed tags' gauges from their status.
+    pub fn set_follows(&self, follows: &[mantle_node::follow::FollowStatus]) {
+        // A tag that moved leaves no series for the artifact it left.
+        self.follow_serving.clear();
+        for follow in follows {
+            let labels = FollowLabels { tenant: follow.tenant.clone(), reference: follow.reference.clone() };
+            if let (Some(digest), Some(version)) = (&follow.digest, &follow.version) {
+                let serving = FollowedLabels {
+                    tenant: labels.tenant.clone(),
+                    reference: labels.reference.clone(),
+                    digest: digest.clone(),
+                    version: version.clone(),
+                };
+                self.follow_serving.get_or_create(&serving).set(1);
+            }
+            let checked = follow.last_check_ms.map_or(0, |ms| (ms / 1000) as i64);
+            self.follow_checked.get_or_create(&labels).set(checked);
+            self.follow_failures.get_or_create(&labels).set(i64::from(follow.failures));
+            self.follow_refused.get_or_create(&labels).set(i64::from(follow.refused.is_some()));
+            self.follow_fetched_bytes.get_or_create(&labels).set(follow.fetched_bytes as i64);
         }
     }
 

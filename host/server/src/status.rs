@@ -7,6 +7,7 @@ use mantle_bundle::BundleError;
 use mantle_node::deploy::DeployError;
 use mantle_node::resolve::ResolveError;
 use mantle_node::store::StoreError;
+use mantle_oci::OciError;
 use mantle_runtime::{GuestError, HandleError, SetupError};
 
 /// The status of a refused deployment change.
@@ -23,6 +24,8 @@ pub fn of_deploy(error: &DeployError) -> StatusCode {
         DeployError::NoStore => StatusCode::NOT_IMPLEMENTED,
         DeployError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
         DeployError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        DeployError::Registry(OciError::Registry(_) | OciError::BlobMismatch { .. }) => StatusCode::BAD_GATEWAY,
+        DeployError::Registry(_) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 

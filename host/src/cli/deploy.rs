@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mantle::deploy::Outcome;
+use mantle::node::follow::FollowStatus;
+use mantle::node::pull::PullOutcome;
 use mantle::server::admin::TenantSummary;
 use mantle::store::Deployment;
 use serde::de::DeserializeOwned;
@@ -34,7 +36,8 @@ pub struct NodeArgs {
     after_help = "Example:\n  mantle deploy vision.mbundle --tenant acme --node http://edge-1:8080 --node http://edge-2:8080 --token $TOKEN"
 )]
 pub struct DeployArgs {
-    /// The packed bundle (from `mantle bundle`).
+    /// The packed bundle (from `mantle bundle`), or oci://HOST[:PORT]/REPO:TAG
+    /// for each node to fetch from a registry itself.
     bundle: PathBuf,
     /// The tenant the bundle is deployed for.
     #[arg(long)]
@@ -44,6 +47,9 @@ pub struct DeployArgs {
     no_activate: bool,
     #[command(flatten)]
     nodes: NodeArgs,
+    /// How the nodes reach the registry of an oci:// bundle.
+    #[command(flatten)]
+    access: super::registry::AccessArgs,
 }
 
 /// Show each node's deployments, their versions and which is active.
@@ -115,6 +121,9 @@ fn report(results: Vec<(String, Result<String, String>)>) -> Result<(), Failure>
 }
 
 pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    if let Some(reference) = args.bundle.to_str().filter(|b| b.starts_with(mantle::oci::registry::SCHEME)) {
+        return deploy_from_registry(&args, reference);
+    }
     let bundle = std::fs::read(&args.bundle).with_context(|| format!("cannot read {}", args.bundle.display()))?;
     let progress = MultiProgress::new();
     if !std::io::stderr().is_terminal() {
@@ -125,37 +134,72 @@ pub fn deploy(args: DeployArgs) -> Result<(), Failure> {
     let agent = agent();
     let query = if args.no_activate { "?activate=false" } else { "" };
     let path = format!("tenants/{}/deployments{query}", args.tenant);
-    let results = std::thread::scope(|scope| {
-        let sends: Vec<_> = args
-            .nodes
-            .nodes
-            .iter()
-            .map(|node| {
-                let bar = progress.add(ProgressBar::new(bundle.len() as u64));
-                bar.set_style(style.clone());
-                bar.set_prefix(node.clone());
-                let (agent, bundle, token, url) = (&agent, &bundle, &args.nodes.token, admin(node, &path));
-                scope.spawn(move || {
-                    let mut body = bar.wrap_read(bundle.as_slice());
-                    let sent = agent
-                        .post(&url)
-                        .header("authorization", format!("Bearer {token}"))
-                        .header("content-type", "application/octet-stream")
-                        .send(ureq::SendBody::from_reader(&mut body));
-                    let outcome = answer::<Outcome>(sent).map(|o| {
-                        let state = if o.active { "active" } else { "stored" };
-                        let modules = count(o.modules.len(), "module");
-                        format!(
-                            "{} {} {state} ({modules}, {} from the compiled-code cache)",
-                            o.deployment, o.version, o.cache_hits
-                        )
-                    });
-                    bar.finish_with_message(if outcome.is_ok() { "done" } else { "failed" });
-                    (node.clone(), outcome)
-                })
-            })
-            .collect();
-        sends.into_iter().map(|send| send.join().unwrap_or_else(|_| (String::new(), Err("panicked".into())))).collect()
+    let results = on_every_node(&args.nodes.nodes, |node| {
+        let bar = progress.add(ProgressBar::new(bundle.len() as u64));
+        bar.set_style(style.clone());
+        bar.set_prefix(node.to_owned());
+        let mut body = bar.wrap_read(bundle.as_slice());
+        let sent = agent
+            .post(admin(node, &path))
+            .header("authorization", format!("Bearer {}", args.nodes.token))
+            .header("content-type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(&mut body));
+        let outcome = answer::<Outcome>(sent).map(|o| outcome_line(&o));
+        bar.finish_with_message(if outcome.is_ok() { "done" } else { "failed" });
+        outcome
+    });
+    report(results)
+}
+
+/// Runs `send` for every node at once; each node's line or problem.
+fn on_every_node(
+    nodes: &[String],
+    send: impl Fn(&str) -> Result<String, String> + Sync,
+) -> Vec<(String, Result<String, String>)> {
+    std::thread::scope(|scope| {
+        let send = &send;
+        let sends: Vec<_> = nodes.iter().map(|node| (node, scope.spawn(move || send(node)))).collect();
+        sends
+            .into_iter()
+            .map(|(node, sent)| (node.clone(), sent.join().unwrap_or_else(|_| Err("panicked".into()))))
+            .collect()
+    })
+}
+
+/// A deployment change as one line: what serves now, and what it reused.
+fn outcome_line(o: &Outcome) -> String {
+    let state = if o.active { "active" } else { "stored" };
+    let modules = count(o.modules.len(), "module");
+    format!("{} {} {state} ({modules}, {} from the compiled-code cache)", o.deployment, o.version, o.cache_hits)
+}
+
+/// Has every node fetch `reference` from its registry and deploy it: the
+/// bundle's bytes go from the registry to each node, not through here.
+fn deploy_from_registry(args: &DeployArgs, reference: &str) -> Result<(), Failure> {
+    // Checked here first, so that a typo is one error rather than one per node.
+    mantle::oci::registry::parse_reference(reference)?;
+    let access = args.access.access();
+    let (username, password) = access.credentials.clone().unzip();
+    let request = serde_json::json!({
+        "reference": reference, "insecure": access.insecure, "username": username, "password": password,
+    });
+    let agent = agent();
+    let query = if args.no_activate { "?activate=false" } else { "" };
+    let path = format!("tenants/{}/pulls{query}", args.tenant);
+    let results = on_every_node(&args.nodes.nodes, |node| {
+        let sent = agent
+            .post(admin(node, &path))
+            .header("authorization", format!("Bearer {}", args.nodes.token))
+            .send_json(&request);
+        answer::<PullOutcome>(sent).map(|p| {
+            format!(
+                "{}; fetched {} ({:.1} MB), {} from the node's store",
+                outcome_line(&p.outcome),
+                count(p.fetched, "blob"),
+                p.fetched_bytes as f64 / 1e6,
+                p.reused
+            )
+        })
     });
     report(results)
 }
@@ -175,6 +219,10 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
             // shown without its tenants' ceilings.
             let tenants =
                 answer::<Vec<TenantSummary>>(agent.get(admin(node, "tenants")).header("authorization", &bearer).call())
+                    .unwrap_or_default();
+            // Likewise a node from before followed tags.
+            let follows =
+                answer::<Vec<FollowStatus>>(agent.get(admin(node, "follows")).header("authorization", &bearer).call())
                     .unwrap_or_default();
             let lines = listed.map(|deployments| {
                 let mut lines = String::new();
@@ -205,12 +253,37 @@ pub fn status(args: StatusArgs) -> Result<(), Failure> {
                 if deployments.is_empty() {
                     lines.push_str("\n  no deployments");
                 }
+                for f in &follows {
+                    lines.push_str(&follow_line(f));
+                }
                 lines
             });
             (node.clone(), lines)
         })
         .collect();
     report(results)
+}
+
+/// A followed tag as `mantle status` shows it: what it deploys, when it
+/// was last looked up, and what went wrong, if anything.
+fn follow_line(follow: &FollowStatus) -> String {
+    let serving = match (&follow.deployment, &follow.version, &follow.digest) {
+        (Some(deployment), Some(version), Some(digest)) => {
+            format!("{}/{deployment} {version} {digest}", follow.tenant)
+        }
+        _ => format!("{}: nothing deployed yet", follow.tenant),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
+    let checked = follow.last_check_ms.map_or_else(
+        || "not checked yet".to_owned(),
+        |ms| format!("checked {:.1} s ago", now.saturating_sub(ms) as f64 / 1e3),
+    );
+    let mut line = format!("\n  follow {}  {serving}  {checked}", follow.reference);
+    if let Some(error) = &follow.last_error {
+        let what = if follow.refused.is_some() { "refused" } else { "error" };
+        line.push_str(&format!("\n    {what}: {}", mantle::untrusted::escaped(error)));
+    }
+    line
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {

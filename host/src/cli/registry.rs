@@ -25,7 +25,7 @@ pub struct AccessArgs {
 }
 
 impl AccessArgs {
-    fn access(&self) -> Access {
+    pub(super) fn access(&self) -> Access {
         Access { insecure: self.insecure, credentials: self.username.clone().zip(self.password.clone()) }
     }
 }
@@ -81,10 +81,11 @@ pub async fn push(args: PushArgs) -> Result<(), Failure> {
 
 pub async fn pull(args: PullArgs) -> Result<(), Failure> {
     let reference = parse_reference(&args.reference)?;
-    let (digest, packed) = Registry::new(&args.access.access())
+    let pulled = Registry::new(&args.access.access())
         .pull(&reference)
         .await
         .with_context(|| format!("cannot pull {}", args.reference))?;
+    let (digest, packed) = (pulled.digest, pulled.packed);
     let archive = packed.write()?;
     // Opened before it is written: a pulled file is one that passes every
     // check a packed bundle gets.

@@ -28,9 +28,10 @@ pub struct RunArgs {
     /// The guest component (a .wasm file built for wasm32-wasip2).
     #[arg(required_unless_present = "bundle")]
     module: Option<PathBuf>,
-    /// Run a module of a bundle (a packed file or a directory with
-    /// mantle.toml) with its models, limits and config values.
-    #[arg(long, value_name = "FILE|DIR", conflicts_with_all = ["module", "models", "pins"])]
+    /// Run a module of a bundle (a packed file, a directory with
+    /// mantle.toml, or oci://HOST[:PORT]/REPO:TAG in a registry) with its
+    /// models, limits and config values.
+    #[arg(long, value_name = "FILE|DIR|oci://...", conflicts_with_all = ["module", "models", "pins"])]
     bundle: Option<PathBuf>,
     /// The module of the bundle to run, when it has several.
     #[arg(long = "module", value_name = "ID", requires = "bundle")]
@@ -72,6 +73,9 @@ pub struct RunArgs {
     /// own).
     #[arg(long, value_name = "MS", default_value_t = ModuleLimits::default().deadline.as_millis() as u64)]
     timeout_ms: u64,
+    /// How to reach the registry of an oci:// bundle.
+    #[command(flatten)]
+    access: super::registry::AccessArgs,
 }
 
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
@@ -81,8 +85,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         ..RuntimeConfig::default()
     })?;
     let models = ModelCache::default();
-    let module = tokio::task::block_in_place(|| match (&args.bundle, &args.module) {
-        (Some(bundle), _) => from_bundle(&args, &runtime, &models, bundle),
+    let bundle = match &args.bundle {
+        Some(source) => Some(open_bundle(source, &args.access).await?),
+        None => None,
+    };
+    let module = tokio::task::block_in_place(|| match (&bundle, &args.module) {
+        (Some((bundle, source)), _) => from_bundle(&args, &runtime, &models, bundle, source),
         (None, Some(module)) => from_module(&args, &runtime, &models, module),
         (None, None) => Err(anyhow::anyhow!("give a module or --bundle").into()),
     })?;
@@ -149,13 +157,38 @@ fn from_module(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Pa
     Ok(resolve_module(runtime, &declaration, &scope)?.module)
 }
 
-/// A module of the bundle at `path`, granted the bundle's models it names,
-/// with the manifest's limits and config values (`--config` adds to them).
-fn from_bundle(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Path) -> Result<GuestModule, Failure> {
-    let bundle = Bundle::open(path).with_context(|| format!("cannot open the bundle {}", path.display()))?;
+/// The bundle `source` names, a file, a directory or an oci:// reference,
+/// opened and checked; and how to name it in errors.
+async fn open_bundle(source: &Path, access: &super::registry::AccessArgs) -> Result<(Bundle, String), Failure> {
+    let shown = source.display().to_string();
+    let Some(reference) = source.to_str().filter(|s| s.starts_with(mantle::oci::registry::SCHEME)) else {
+        let bundle = tokio::task::block_in_place(|| Bundle::open(source))
+            .with_context(|| format!("cannot open the bundle {shown}"))?;
+        return Ok((bundle, shown));
+    };
+    let parsed = mantle::oci::registry::parse_reference(reference)?;
+    let pulled = mantle::oci::registry::Registry::new(&access.access())
+        .pull(&parsed)
+        .await
+        .with_context(|| format!("cannot pull {reference}"))?;
+    let bundle =
+        tokio::task::block_in_place(|| pulled.packed.open()).with_context(|| format!("refusing {reference}"))?;
+    Ok((bundle, shown))
+}
+
+/// A module of `bundle` (from `source`), granted the bundle's models it
+/// names, with the manifest's limits and config values (`--config` adds to
+/// them).
+fn from_bundle(
+    args: &RunArgs,
+    runtime: &Runtime,
+    models: &ModelCache,
+    bundle: &Bundle,
+    source: &str,
+) -> Result<GuestModule, Failure> {
     if !args.trust.is_empty() {
         let trusted = args.trust.iter().map(|p| keys::read_verifying_key(p)).collect::<Result<Vec<_>, _>>()?;
-        bundle.require_signer(&trusted).with_context(|| format!("refusing the bundle {}", path.display()))?;
+        bundle.require_signer(&trusted).with_context(|| format!("refusing the bundle {source}"))?;
     }
     let manifest = &bundle.manifest;
     let ids = || manifest.modules.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", ");
@@ -186,9 +219,9 @@ fn from_bundle(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Pa
     }
     let mut declaration = module.clone();
     declaration.config.extend(args.config.iter().cloned());
-    let scope = local_scope(&held, Some(&bundle));
-    let resolved = resolve_module(runtime, &declaration, &scope)
-        .with_context(|| format!("cannot run the bundle {}", path.display()))?;
+    let scope = local_scope(&held, Some(bundle));
+    let resolved =
+        resolve_module(runtime, &declaration, &scope).with_context(|| format!("cannot run the bundle {source}"))?;
     Ok(resolved.module)
 }
 

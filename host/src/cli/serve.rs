@@ -84,7 +84,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let address = listener.local_addr().context("the listening socket has no address")?;
     let open = node.open_tenant().is_some();
     let tenants = node.tenants().count();
-    let server = Server::new(Arc::new(node));
+    let node = Arc::new(node);
+    // Followed tags are polled from now on, the first poll at once.
+    let following = node.start_following();
+    let server = Server::new(node);
 
     if open {
         tracing::warn!(
@@ -112,7 +115,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     out.flush()?;
     drop(out);
 
-    let finished = serve(listener, server, tls, shutdown_signal()).await.context("the server failed")?;
+    let finished = serve(listener, server, tls, shutdown_signal()).await.context("the server failed");
+    // A pull in progress is dropped: the store keeps nothing of it.
+    for follow in following {
+        follow.abort();
+    }
+    let finished = finished?;
     if finished {
         tracing::info!("stopped");
     }

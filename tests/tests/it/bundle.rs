@@ -156,11 +156,18 @@ fn the_readme_bundle_and_deploy_commands_work_as_printed() {
             .unwrap_or_else(|| panic!("the README has commands under {heading}"))
             .to_owned()
     };
-    // The node listens on a free port rather than the README's 8081.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-    let deploy = block("## Deploy to nodes").replace("127.0.0.1:8081", &format!("127.0.0.1:{port}"));
-    // The node started in the background is stopped whatever happens.
-    let script = format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{}\n{deploy}", block("## Ship a bundle"));
+    // The nodes listen on free ports rather than the README's 8081 and
+    // 8082, and the registry is the tests' own rather than one on 5000.
+    let free_port =
+        || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let registry = mantle_tests::registry::Registry::start();
+    let deploy = block("## Deploy to nodes").replace("127.0.0.1:8081", &format!("127.0.0.1:{}", free_port()));
+    let follow = block("### Through an OCI registry")
+        .replace("127.0.0.1:8082", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:5000", &registry.host());
+    // The nodes started in the background are stopped whatever happens.
+    let script =
+        format!("trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n{}\n{deploy}\n{follow}", block("## Ship a bundle"));
     // A directory that looks like the repository root: the commands write
     // their files beside `target/` and `models/`.
     let root = tempfile::tempdir().expect("a temp dir");
@@ -168,19 +175,34 @@ fn the_readme_bundle_and_deploy_commands_work_as_printed() {
     std::os::unix::fs::symlink(target_dir(), root.path().join("target")).expect("link target/");
     std::os::unix::fs::symlink(models_dir(), root.path().join("models")).expect("link models/");
     let output = std::process::Command::new("timeout")
-        .args(["300", "bash", "-euc", &script])
+        .args(["600", "bash", "-euc", &script])
         .current_dir(root.path())
         .output()
         .expect("bash runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let espresso = r#"{"top":[{"index":967,"label":"espresso""#;
-    assert_eq!(stdout.matches(espresso).count(), 2, "offline and deployed, the photo is an espresso: {stdout}");
+    let answers: Vec<&str> = stdout.lines().filter(|l| l.contains(espresso)).collect();
+    assert_eq!(
+        answers.len(),
+        4,
+        "offline, deployed, from the followed tag and offline from the registry, the photo is an espresso: {stdout}"
+    );
+    // The bundle run from the registry answers the bytes the file does. An
+    // answer ends without a newline, so the next command's output may
+    // follow it on its line.
+    let answer = |line: &str| line.find("]}").map(|end| line[..end + 2].to_owned()).expect("a whole answer");
+    assert_eq!(answer(answers[0]), answer(answers[3]), "mantle run --bundle oci:// and --bundle FILE");
     for expected in [
         "vision 1.0.0 active",
         "vision 1.1.0 active",
         "acme/vision  active 1.1.0  versions 1.0.0, 1.1.0",
         "acme/vision 1.0.0 active",
+        "uploaded 4 of 4 blobs",
+        "uploaded 2 of 4 blobs",
+        "uploaded 0 of 4 blobs",
+        "acme/vision  active 1.0.0  versions 1.0.0, 1.1.0",
+        &format!("follow oci://{}/acme/vision:stable  acme/vision 1.0.0 sha256:", registry.host()),
     ] {
         assert!(stdout.contains(expected), "{expected}: {stdout}");
     }

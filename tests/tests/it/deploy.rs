@@ -3,22 +3,22 @@
 //! leave the node as it was, and restarts that recompile nothing.
 
 use mantle_tests::served::{ServedNode, key_sha256, tenant};
-use mantle_tests::{Finished, model_path, programs, run_mantle};
+use mantle_tests::{Finished, damaged_blobs, model_path, padded_echo, programs, run_mantle};
 use sha2::{Digest, Sha256};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-const OPERATOR_TOKEN: &str = "operator-secret-0123456789";
-const TENANT_KEY: &str = "mk_acme_0123456789abcdef";
+pub(crate) const OPERATOR_TOKEN: &str = "operator-secret-0123456789";
+pub(crate) const TENANT_KEY: &str = "mk_acme_0123456789abcdef";
 
-fn mantle(args: &[&str]) -> Finished {
+pub(crate) fn mantle(args: &[&str]) -> Finished {
     let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     run_mantle(&args, b"", Duration::from_secs(120))
 }
 
-fn path(p: &Path) -> String {
+pub(crate) fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
@@ -280,33 +280,6 @@ fn a_refused_bundle_names_its_problem_and_changes_nothing() {
         assert!(said.contains(reason), "{what}: {said}");
         assert_eq!(greeting(&open), "version 1", "{what} changed what is served");
     }
-}
-
-/// The echo guest with a custom section of `padding` bytes that differ per
-/// `seed`: a distinct component, and so distinct blobs and compiled code,
-/// for every version.
-fn padded_echo(seed: u64, padding: usize) -> Vec<u8> {
-    let mut wasm = std::fs::read(programs::ECHO).expect("the echo guest");
-    let name = b"mantle-test-padding";
-    let mut payload = vec![name.len() as u8];
-    payload.extend_from_slice(name);
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    payload.extend((0..padding).map(|_| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    }));
-    wasm.push(0); // a custom section
-    let mut size = payload.len();
-    loop {
-        let byte = (size & 0x7f) as u8;
-        size >>= 7;
-        wasm.push(if size == 0 { byte } else { byte | 0x80 });
-        if size == 0 {
-            break;
-        }
-    }
-    wasm.extend_from_slice(&payload);
-    wasm
 }
 
 #[test]
@@ -605,22 +578,6 @@ fn a_bundle_whose_module_can_never_start_is_refused_and_the_active_version_serve
         assert_eq!(greeting(&node), "version 1", "{what}: the active version still serves");
         neighbour_is_served(&node);
     }
-}
-
-/// Every blob in the store under `data` whose bytes do not hash to its
-/// name, read straight off the disk.
-fn damaged_blobs(data: &Path) -> Vec<String> {
-    let blobs = std::fs::read_dir(data.join("blobs")).expect("the store has a blob directory");
-    let mut damaged = Vec::new();
-    for entry in blobs {
-        let entry = entry.expect("a blob's directory entry");
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let bytes = std::fs::read(entry.path()).expect("a blob reads");
-        if mantle::types::Sha256::of(&bytes).to_string() != name {
-            damaged.push(name);
-        }
-    }
-    damaged
 }
 
 /// The operator's requests are observed as tenants' are: each has a
