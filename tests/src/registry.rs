@@ -52,7 +52,26 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::start_with_htpasswd(None)
+    }
+
+    /// A registry that takes only `user` with `password`, by HTTP basic
+    /// auth against an htpasswd file, as the distribution server does it.
+    pub fn start_with_user(user: &str, password: &str) -> Registry {
+        let hash = bcrypt::hash(password, 5).expect("bcrypt");
+        Self::start_with_htpasswd(Some(format!("{user}:{hash}\n")))
+    }
+
+    fn start_with_htpasswd(htpasswd: Option<String>) -> Registry {
         let storage = tempfile::tempdir().expect("a temp dir");
+        let auth = match htpasswd {
+            Some(entries) => {
+                let path = storage.path().join("htpasswd");
+                std::fs::write(&path, entries).expect("write the htpasswd file");
+                format!("auth:\n  htpasswd:\n    realm: mantle-tests\n    path: {}\n", path.display())
+            }
+            None => String::new(),
+        };
         // A free port: bound, read and released; the registry binds it next.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -62,7 +81,7 @@ impl Registry {
             storage.path().join("config.yml"),
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
                 storage.path().join("data").display()
             ),
         )
@@ -86,7 +105,8 @@ impl Registry {
         self.child = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if self.agent().get(self.url("/v2/")).call().is_ok_and(|r| r.status() == 200) {
+            // 401 from a registry that wants credentials: it is up.
+            if self.agent().get(self.url("/v2/")).call().is_ok_and(|r| [200, 401].contains(&r.status().as_u16())) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));

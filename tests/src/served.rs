@@ -104,12 +104,25 @@ impl ServedNode {
         node
     }
 
+    /// Serves the node that `config` describes, with a fresh store and
+    /// these environment variables set for it.
+    pub fn with_config_env(config: &str, env: &[(&str, &str)]) -> ServedNode {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let mut node = Self::configured_with(config, data.path(), None, env);
+        node.dirs.push(data);
+        node
+    }
+
     fn configured(config: &str, data_dir: &Path, log: Option<&str>) -> ServedNode {
+        Self::configured_with(config, data_dir, log, &[])
+    }
+
+    fn configured_with(config: &str, data_dir: &Path, log: Option<&str>, env: &[(&str, &str)]) -> ServedNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write the configuration");
         let args = ["--config".as_ref(), path.as_os_str(), "--data-dir".as_ref(), data_dir.as_os_str()];
-        let mut node = Self::start(&args, log, &[]);
+        let mut node = Self::start(&args, log, env);
         node.dirs.push(dir);
         node
     }

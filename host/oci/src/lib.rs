@@ -5,6 +5,7 @@
 //! and the node's store keys blobs by. A bundle read back is opened with
 //! every check a packed file gets. [`registry`] pushes and pulls them.
 
+pub mod credentials;
 pub mod registry;
 
 use mantle_bundle::{Bundle, BundleError, MANIFEST, Packed};
@@ -53,6 +54,8 @@ pub enum OciError {
     Layers(String),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error("registry credentials in {0}")]
+    Credentials(String),
 }
 
 /// A content descriptor: what a manifest says of a blob.

@@ -5,7 +5,8 @@ use super::Failure;
 use anyhow::Context;
 use clap::Args;
 use mantle::bundle::Packed;
-use mantle::oci::registry::{Access, Registry, parse_reference};
+use mantle::oci::credentials::{docker_config_path, docker_credentials};
+use mantle::oci::registry::{Access, Reference, Registry, parse_reference};
 use mantle::oci::{Artifact, oci_digest};
 use std::path::PathBuf;
 
@@ -16,7 +17,9 @@ pub struct AccessArgs {
     #[arg(long)]
     insecure: bool,
     /// The registry user, for basic auth or the token the registry hands
-    /// out for it.
+    /// out for it. Without one, the credentials `docker login` wrote for the
+    /// registry ($DOCKER_CONFIG/config.json or ~/.docker/config.json) are
+    /// used, if any.
     #[arg(long, env = "MANTLE_REGISTRY_USERNAME", requires = "password")]
     username: Option<String>,
     /// The registry password or access token.
@@ -25,8 +28,21 @@ pub struct AccessArgs {
 }
 
 impl AccessArgs {
+    /// The access given on the command line or in the environment only.
     pub(super) fn access(&self) -> Access {
         Access { insecure: self.insecure, credentials: self.username.clone().zip(self.password.clone()) }
+    }
+
+    /// The access to `reference`'s registry: the credentials given, or else
+    /// those a docker-style config file holds for it.
+    pub(super) fn access_to(&self, reference: &Reference) -> Result<Access, Failure> {
+        let mut access = self.access();
+        if access.credentials.is_none()
+            && let Some(path) = docker_config_path()
+        {
+            access.credentials = docker_credentials(&path, reference.registry())?;
+        }
+        Ok(access)
     }
 }
 
@@ -63,7 +79,7 @@ pub async fn push(args: PushArgs) -> Result<(), Failure> {
         std::fs::read(&args.bundle).with_context(|| format!("cannot read the bundle {}", args.bundle.display()))?;
     let packed = Packed::read(&archive).with_context(|| format!("cannot push {}", args.bundle.display()))?;
     let artifact = Artifact::from_packed(packed).with_context(|| format!("cannot push {}", args.bundle.display()))?;
-    let pushed = Registry::new(&args.access.access())
+    let pushed = Registry::new(&args.access.access_to(&reference)?)
         .push(&reference, &artifact)
         .await
         .with_context(|| format!("cannot push to {}", args.reference))?;
@@ -81,7 +97,7 @@ pub async fn push(args: PushArgs) -> Result<(), Failure> {
 
 pub async fn pull(args: PullArgs) -> Result<(), Failure> {
     let reference = parse_reference(&args.reference)?;
-    let pulled = Registry::new(&args.access.access())
+    let pulled = Registry::new(&args.access.access_to(&reference)?)
         .pull(&reference)
         .await
         .with_context(|| format!("cannot pull {}", args.reference))?;

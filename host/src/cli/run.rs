@@ -167,7 +167,7 @@ async fn open_bundle(source: &Path, access: &super::registry::AccessArgs) -> Res
         return Ok((bundle, shown));
     };
     let parsed = mantle::oci::registry::parse_reference(reference)?;
-    let pulled = mantle::oci::registry::Registry::new(&access.access())
+    let pulled = mantle::oci::registry::Registry::new(&access.access_to(&parsed)?)
         .pull(&parsed)
         .await
         .with_context(|| format!("cannot pull {reference}"))?;

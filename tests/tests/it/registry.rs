@@ -128,3 +128,77 @@ fn mantle_push_uploads_what_the_registry_lacks_and_mantle_pull_gives_the_file_ba
         );
     }
 }
+
+/// Runs `mantle` with `args` and `env`; its exit code, stdout and stderr.
+fn mantle_with_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(mantle_tests::mantle_binary())
+        .args(args)
+        .env_remove("MANTLE_REGISTRY_USERNAME")
+        .env_remove("MANTLE_REGISTRY_PASSWORD")
+        .env_remove("DOCKER_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("mantle runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn a_registry_that_wants_credentials_takes_them_from_flags_the_environment_or_a_docker_config() {
+    use base64::Engine;
+    let registry = Registry::start_with_user("ci", "s3cret");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let bundle = dir.path().join("speech.mbundle");
+    std::fs::write(&bundle, packed_bundle().write().expect("writes")).expect("write the bundle");
+    let reference = format!("oci://{}/acme/speech:1", registry.host());
+    let (bundle, pulled) = (bundle.to_str().expect("a path"), dir.path().join("pulled.mbundle"));
+    let pulled = pulled.to_str().expect("a path");
+    // An empty docker config directory, so that the tester's own logins
+    // play no part.
+    let empty = tempfile::tempdir().expect("a temp dir");
+    let nobody = [("DOCKER_CONFIG", empty.path().to_str().expect("a path"))];
+
+    let (code, _, stderr) = mantle_with_env(&["push", bundle, &reference, "--insecure"], &nobody);
+    assert_eq!(code, Some(3), "anonymous: {stderr}");
+    assert!(stderr.to_lowercase().contains("unauthorized") || stderr.contains("401"), "{stderr}");
+    let wrong = ["push", bundle, &reference, "--insecure", "--username", "ci", "--password", "guess"];
+    assert_eq!(mantle_with_env(&wrong, &nobody).0, Some(3), "a wrong password is refused");
+
+    let flags = ["push", bundle, &reference, "--insecure", "--username", "ci", "--password", "s3cret"];
+    let (code, stdout, stderr) = mantle_with_env(&flags, &nobody);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(uploaded(&stdout), (4, 4));
+
+    let from_env = [("MANTLE_REGISTRY_USERNAME", "ci"), ("MANTLE_REGISTRY_PASSWORD", "s3cret"), nobody[0]];
+    let (code, _, stderr) = mantle_with_env(&["pull", &reference, "-o", pulled, "--insecure"], &from_env);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(pulled).expect("pulled"), std::fs::read(bundle).expect("pushed"));
+
+    // What `docker login` writes, in a directory DOCKER_CONFIG names.
+    let docker = tempfile::tempdir().expect("a temp dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+    let login = format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, registry.host());
+    std::fs::write(docker.path().join("config.json"), login).expect("write config.json");
+    std::fs::remove_file(pulled).expect("remove the pulled file");
+    let logged_in = [("DOCKER_CONFIG", docker.path().to_str().expect("a path"))];
+    let (code, _, stderr) = mantle_with_env(&["pull", &reference, "-o", pulled, "--insecure"], &logged_in);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(pulled).expect("pulled"), std::fs::read(bundle).expect("pushed"));
+
+    // A node following the tag with the password in its environment.
+    let config = format!(
+        "[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"{}\"]\n\n[[tenant.follow]]\nreference = \"{reference}\"\n\
+         interval_ms = 200\ninsecure = true\nusername = \"ci\"\npassword_env = \"REGISTRY_PASSWORD\"\n",
+        mantle_tests::served::key_sha256("mk_acme_0123456789abcdef")
+    );
+    let node = mantle_tests::served::ServedNode::with_config_env(&config, &[("REGISTRY_PASSWORD", "s3cret")]);
+    let started = std::time::Instant::now();
+    loop {
+        let reply = node.post("/t/acme/echo", Some("mk_acme_0123456789abcdef"), b"hello");
+        if reply.status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the node never served the bundle");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
