@@ -52,26 +52,25 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
-        Self::start_with_htpasswd(None)
+        Self::start_with_auth(|_| String::new())
     }
 
     /// A registry that takes only `user` with `password`, by HTTP basic
     /// auth against an htpasswd file, as the distribution server does it.
     pub fn start_with_user(user: &str, password: &str) -> Registry {
         let hash = bcrypt::hash(password, 5).expect("bcrypt");
-        Self::start_with_htpasswd(Some(format!("{user}:{hash}\n")))
+        Self::start_with_auth(|storage| {
+            let path = storage.join("htpasswd");
+            std::fs::write(&path, format!("{user}:{hash}\n")).expect("write the htpasswd file");
+            format!("auth:\n  htpasswd:\n    realm: mantle-tests\n    path: {}\n", path.display())
+        })
     }
 
-    fn start_with_htpasswd(htpasswd: Option<String>) -> Registry {
+    /// A registry with the `auth:` section of its configuration that
+    /// `auth` writes, given the registry's own directory for its files.
+    pub fn start_with_auth(auth: impl FnOnce(&std::path::Path) -> String) -> Registry {
         let storage = tempfile::tempdir().expect("a temp dir");
-        let auth = match htpasswd {
-            Some(entries) => {
-                let path = storage.path().join("htpasswd");
-                std::fs::write(&path, entries).expect("write the htpasswd file");
-                format!("auth:\n  htpasswd:\n    realm: mantle-tests\n    path: {}\n", path.display())
-            }
-            None => String::new(),
-        };
+        let auth = auth(storage.path());
         // A free port: bound, read and released; the registry binds it next.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

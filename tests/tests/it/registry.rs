@@ -7,6 +7,7 @@ use mantle::bundle::{Bundle, Packed};
 use mantle::oci::{Artifact, MANIFEST_MEDIA_TYPE, oci_digest, packed_from, parse_digest, parse_manifest};
 use mantle_tests::registry::Registry;
 use mantle_tests::{model_path, programs};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -201,4 +202,154 @@ fn a_registry_that_wants_credentials_takes_them_from_flags_the_environment_or_a_
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "the node never served the bundle");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A token service as the distribution spec's bearer flow has one: it
+/// takes `user` with `password` by basic auth and hands out a JWT, signed
+/// with ES256 by a key whose self-signed certificate the registry trusts,
+/// granting what was asked for. It counts the tokens it issued.
+struct TokenService {
+    realm: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const SERVICE: &str = "mantle-tests-registry";
+const ISSUER: &str = "mantle-tests-tokens";
+
+impl TokenService {
+    /// Starts the service; also writes the certificate the registry is to
+    /// trust at `cert_path`.
+    fn start(user: &str, password: &str, cert_path: &Path) -> TokenService {
+        use base64::Engine;
+        use std::io::{BufRead, Write};
+        let made = rcgen::generate_simple_self_signed(vec!["mantle-tests-tokens".to_owned()]).expect("a certificate");
+        std::fs::write(cert_path, made.cert.pem()).expect("write the certificate");
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &made.signing_key.serialize_der(),
+            &rng,
+        )
+        .expect("an ES256 key");
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = serde_json::json!({
+            "alg": "ES256", "typ": "JWT",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(made.cert.der())],
+        });
+        let header = b64url.encode(header.to_string());
+        let expected =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let realm = format!("http://{}/token", listener.local_addr().expect("an address"));
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&issued);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                let mut authorized = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("authorization")
+                    {
+                        authorized = value.trim() == expected;
+                    }
+                }
+                // What each `scope=repository:NAME:ACTIONS` asks is granted.
+                let query = request_line.split_whitespace().nth(1).and_then(|t| t.split_once('?')).map(|(_, q)| q);
+                let access: Vec<Value> = query
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter_map(|pair| pair.strip_prefix("scope="))
+                    .filter_map(|scope| {
+                        let scope = scope.replace("%3A", ":").replace("%2F", "/").replace("%2C", ",");
+                        let mut parts = scope.splitn(3, ':');
+                        let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                        Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                    })
+                    .collect();
+                let answer = if authorized {
+                    let now =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
+                    let claims = serde_json::json!({
+                        "iss": ISSUER, "sub": "ci", "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+                        "iat": now, "jti": format!("token-{}", count.load(std::sync::atomic::Ordering::Relaxed)),
+                        "access": access,
+                    });
+                    let signed = format!("{header}.{}", b64url.encode(claims.to_string()));
+                    let signature = key.sign(&rng, signed.as_bytes()).expect("signs");
+                    let token = format!("{signed}.{}", b64url.encode(signature.as_ref()));
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let body =
+                        serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                };
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        TokenService { realm, issued }
+    }
+
+    fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_registry_that_hands_out_bearer_tokens_is_pushed_to_and_pulled_from_with_a_token() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cert = dir.path().join("tokens.pem");
+    let tokens = TokenService::start("ci", "s3cret", &cert);
+    let realm = tokens.realm.clone();
+    let registry = Registry::start_with_auth(|_| {
+        format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            cert.display()
+        )
+    });
+    // Without a token, the registry says where to get one.
+    let (status, headers, _) = registry.get("/v2/", "*/*");
+    assert_eq!(status, 401);
+    assert!(headers.get("www-authenticate").is_some_and(|h| h.starts_with("Bearer ")), "{headers:?}");
+
+    let bundle = dir.path().join("speech.mbundle");
+    std::fs::write(&bundle, packed_bundle().write().expect("writes")).expect("write the bundle");
+    let (bundle, pulled) = (bundle.to_str().expect("a path"), dir.path().join("pulled.mbundle"));
+    let reference = format!("oci://{}/acme/speech:1", registry.host());
+    let empty = tempfile::tempdir().expect("a temp dir");
+    let nobody = [("DOCKER_CONFIG", empty.path().to_str().expect("a path"))];
+    let wrong = ["push", bundle, &reference, "--insecure", "--username", "ci", "--password", "guess"];
+    assert_eq!(mantle_with_env(&wrong, &nobody).0, Some(3), "no token for a wrong password");
+    assert_eq!(tokens.issued(), 0);
+
+    let push = ["push", bundle, &reference, "--insecure", "--username", "ci", "--password", "s3cret"];
+    let (code, stdout, stderr) = mantle_with_env(&push, &nobody);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(uploaded(&stdout), (4, 4));
+    let pull = [
+        "pull",
+        &reference,
+        "-o",
+        pulled.to_str().expect("a path"),
+        "--insecure",
+        "--username",
+        "ci",
+        "--password",
+        "s3cret",
+    ];
+    let (code, _, stderr) = mantle_with_env(&pull, &nobody);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(&pulled).expect("pulled"), std::fs::read(bundle).expect("pushed"), "byte for byte");
+    assert!(tokens.issued() >= 2, "each command got its token from the token service");
 }
