@@ -67,6 +67,37 @@ fn a_bundle_pushed_as_an_oci_artifact_is_served_back_whole_by_a_real_registry() 
     let bundle = back.open().expect("opens, signature and digests checked");
     assert!(bundle.signer.is_some());
     assert!(bundle.files().any(|(path, _)| Path::new(path).ends_with("vad.onnx")));
+
+    // A node following the tag pulls what this other client pushed.
+    let node = follower(&format!("oci://{}/{repo}:v1", registry.host()));
+    wait_for_echo(&node);
+}
+
+const KEY: &str = "mk_acme_0123456789abcdef";
+
+/// A node with tenant `acme` following `reference` over plain HTTP.
+fn follower(reference: &str) -> mantle_tests::served::ServedNode {
+    follower_with_env(reference, "", &[])
+}
+
+/// A node with tenant `acme` following `reference` with the `credentials`
+/// lines in its follow table, and `env` set for it.
+fn follower_with_env(reference: &str, credentials: &str, env: &[(&str, &str)]) -> mantle_tests::served::ServedNode {
+    let config = format!(
+        "[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"{}\"]\n\n[[tenant.follow]]\nreference = \"{reference}\"\n\
+         interval_ms = 200\ninsecure = true\n{credentials}",
+        mantle_tests::served::key_sha256(KEY)
+    );
+    mantle_tests::served::ServedNode::with_config_env(&config, env)
+}
+
+/// Waits for the node to serve the bundle's echo module.
+fn wait_for_echo(node: &mantle_tests::served::ServedNode) {
+    let started = std::time::Instant::now();
+    while node.post("/t/acme/echo", Some(KEY), b"hello").status != 200 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the node never served the bundle");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Runs `mantle` with `args`; its stdout, or a panic with its stderr.
@@ -187,21 +218,12 @@ fn a_registry_that_wants_credentials_takes_them_from_flags_the_environment_or_a_
     assert_eq!(std::fs::read(pulled).expect("pulled"), std::fs::read(bundle).expect("pushed"));
 
     // A node following the tag with the password in its environment.
-    let config = format!(
-        "[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"{}\"]\n\n[[tenant.follow]]\nreference = \"{reference}\"\n\
-         interval_ms = 200\ninsecure = true\nusername = \"ci\"\npassword_env = \"REGISTRY_PASSWORD\"\n",
-        mantle_tests::served::key_sha256("mk_acme_0123456789abcdef")
+    let node = follower_with_env(
+        &reference,
+        "username = \"ci\"\npassword_env = \"REGISTRY_PASSWORD\"\n",
+        &[("REGISTRY_PASSWORD", "s3cret")],
     );
-    let node = mantle_tests::served::ServedNode::with_config_env(&config, &[("REGISTRY_PASSWORD", "s3cret")]);
-    let started = std::time::Instant::now();
-    loop {
-        let reply = node.post("/t/acme/echo", Some("mk_acme_0123456789abcdef"), b"hello");
-        if reply.status == 200 {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the node never served the bundle");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_echo(&node);
 }
 
 /// A token service as the distribution spec's bearer flow has one: it
