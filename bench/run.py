@@ -47,8 +47,6 @@ import threading
 import time
 from pathlib import Path
 
-import follow
-
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "bench" / "models.json"
 MODELS = list(json.loads(SHAPES.read_text()))
@@ -506,6 +504,8 @@ def main():
         shutil.rmtree(data_dir, ignore_errors=True)
 
     print("following a registry tag", file=sys.stderr)
+    import follow  # it builds on this module's helpers
+
     followed = follow.measure(binaries, args.follow_rounds)
 
     heading = SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
