@@ -187,7 +187,11 @@ async fn follow_to(node: &Node, follow: &Follow, registry: &Registry, digest: Sh
     let shown = oci_digest(&digest);
     let status = follow.status();
     if status.digest.as_deref() == Some(shown.as_str()) {
-        follow.update(|status| status.last_error = None);
+        // The tag names what serves: whatever was refused is behind it.
+        follow.update(|status| {
+            status.last_error = None;
+            status.refused = None;
+        });
         return Ok(());
     }
     if status.refused.as_deref() == Some(shown.as_str()) {

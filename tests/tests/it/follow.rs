@@ -376,3 +376,47 @@ fn mantle_deploy_from_a_registry_has_each_node_fetch_the_bundle_itself() {
         assert_eq!(greeting(node).as_deref(), Ok("version 1"));
     }
 }
+
+#[test]
+fn a_tag_moved_to_something_that_is_not_a_bundle_is_refused_and_moving_it_back_serves_again() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let registry = Registry::start();
+    let reference = format!("oci://{}/{REPO}:stable", registry.host());
+    let v1 = greeter(root.path(), "1", None, false, None);
+    push(&v1, &reference);
+    let node = ServedNode::with_config(&following(&reference, &[]));
+    wait_for_greeting(&node, "version 1", Duration::from_secs(60));
+
+    // A container image's manifest, pushed over the plain distribution API:
+    // valid to the registry, not a mantle bundle.
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    registry.push_blob(REPO, config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": mantle::oci::MANIFEST_MEDIA_TYPE,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": mantle::oci::oci_digest(&mantle::types::Sha256::of(config)),
+            "size": config.len(),
+        },
+        "layers": [],
+    })
+    .to_string();
+    let put = registry
+        .agent()
+        .put(registry.url(&format!("/v2/{REPO}/manifests/stable")))
+        .header("content-type", mantle::oci::MANIFEST_MEDIA_TYPE)
+        .send(manifest.as_bytes())
+        .expect("PUT the manifest");
+    assert_eq!(put.status(), 201);
+    let image = put.headers()["docker-content-digest"].to_str().expect("a digest").to_owned();
+    let refused = wait_for_follow(&node, Duration::from_secs(30), |s| s["refused"] == image.as_str());
+    assert!(refused["last_error"].as_str().is_some_and(|e| e.contains("not a mantle bundle")), "{refused}");
+    assert_eq!(greeting(&node).as_deref(), Ok("version 1"));
+
+    // Back to the bundle: served, and the refusal cleared.
+    push(&v1, &reference);
+    let cleared = wait_for_follow(&node, Duration::from_secs(30), |s| s["refused"].is_null());
+    assert!(cleared["last_error"].is_null(), "{cleared}");
+    assert_eq!(greeting(&node).as_deref(), Ok("version 1"));
+}
