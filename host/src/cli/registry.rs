@@ -17,9 +17,9 @@ pub struct AccessArgs {
     #[arg(long)]
     insecure: bool,
     /// The registry user, for basic auth or the token the registry hands
-    /// out for it. Without one, the credentials `docker login` wrote for the
-    /// registry ($DOCKER_CONFIG/config.json or ~/.docker/config.json) are
-    /// used, if any.
+    /// out for it. Without one, push, pull and run use the credentials
+    /// `docker login` wrote for the registry ($DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json), if any; deploy sends the nodes none.
     #[arg(long, env = "MANTLE_REGISTRY_USERNAME", requires = "password")]
     username: Option<String>,
     /// The registry password or access token.
