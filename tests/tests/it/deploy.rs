@@ -47,7 +47,7 @@ fn greeter(root: &Path, version: &str) -> PathBuf {
 }
 
 /// Packs `dir` into `dir.mbundle`, signed with `key` if given.
-fn pack(dir: &Path, key: Option<&Path>) -> PathBuf {
+pub(crate) fn pack(dir: &Path, key: Option<&Path>) -> PathBuf {
     let out = dir.with_extension("mbundle");
     let mut args = vec!["bundle".to_owned(), path(dir), "-o".to_owned(), path(&out)];
     if let Some(key) = key {

@@ -4,7 +4,7 @@
 //! in the middle of a pull (the registry killed, wrong bytes, the node
 //! killed, a full disk) leave the node serving one version, whole.
 
-use super::deploy::{OPERATOR_TOKEN, TENANT_KEY, mantle, path};
+use super::deploy::{OPERATOR_TOKEN, TENANT_KEY, mantle, pack, path};
 use mantle_tests::registry::{Registry, SlowRelay};
 use mantle_tests::served::{ServedNode, key_sha256};
 use mantle_tests::{damaged_blobs, model_path, padded_echo, programs};
@@ -53,15 +53,7 @@ fn greeter(root: &Path, version: &str, guest: Option<&[u8]>, with_model: bool, k
         "[[module]]\nid = \"greet\"\nfile = \"greet.wasm\"\n{grants}config = {{ greeting = \"version {version}\" }}\n"
     ));
     std::fs::write(dir.join("mantle.toml"), manifest).expect("write mantle.toml");
-    let out = dir.with_extension("mbundle");
-    let mut args = vec!["bundle".to_owned(), path(&dir), "-o".to_owned(), path(&out)];
-    if let Some(key) = key {
-        args.extend(["--sign".to_owned(), path(key)]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let packed = mantle(&args);
-    assert_eq!(packed.code, Some(0), "stderr: {}", packed.stderr);
-    out
+    pack(&dir, key)
 }
 
 /// `mantle push`es `bundle` to `reference`; its digest and "uploaded N of
