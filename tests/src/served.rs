@@ -348,15 +348,23 @@ impl ServedNode {
 
     fn exchange(&self, request: http::Request<impl ureq::AsSendBody>) -> Reply {
         let what = format!("{} {}", request.method(), request.uri());
-        let mut response =
-            self.agent.run(request).unwrap_or_else(|e| panic!("{what} failed: {e}; stderr: {}", self.stderr()));
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(256 << 20)
-            .read_to_vec()
-            .unwrap_or_else(|e| panic!("reading the answer to {what}: {e}"));
-        Reply { status: response.status().as_u16(), headers: response.headers().clone(), body }
+        self.try_exchange(request).unwrap_or_else(|e| panic!("{what} failed: {e}; stderr: {}", self.stderr()))
+    }
+
+    /// Sends `method path` with `body`, presenting `key` if given; an
+    /// error when no answer came, as from a node that stopped listening.
+    pub fn try_send(&self, method: &str, path: &str, key: Option<&str>, body: &[u8]) -> Result<Reply, ureq::Error> {
+        let mut request = http::Request::builder().method(method).uri(self.url(path));
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        self.try_exchange(request.body(body.to_vec()).expect("a valid request"))
+    }
+
+    fn try_exchange(&self, request: http::Request<impl ureq::AsSendBody>) -> Result<Reply, ureq::Error> {
+        let mut response = self.agent.run(request)?;
+        let body = response.body_mut().with_config().limit(256 << 20).read_to_vec()?;
+        Ok(Reply { status: response.status().as_u16(), headers: response.headers().clone(), body })
     }
 
     /// The node's metrics now.

@@ -49,8 +49,12 @@ pub struct RawNodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSettings {
-    /// How long in-flight requests may take to finish after SIGTERM or
-    /// SIGINT before the node exits anyway.
+    /// How long the node goes on serving after SIGTERM with `/readyz`
+    /// answering 503, so that load balancers take it out of rotation
+    /// before it stops accepting connections. SIGINT (Ctrl-C) skips it.
+    pub drain_ms: u64,
+    /// How long in-flight requests may take to finish once the node stops
+    /// accepting connections, before it exits anyway.
     pub shutdown_grace_ms: u64,
     /// Guest instances live at once across all tenants.
     pub max_instances: u32,
@@ -92,6 +96,9 @@ pub struct TlsSettings {
 impl Default for NodeSettings {
     fn default() -> Self {
         NodeSettings {
+            // Kubernetes gives a pod 30 s from SIGTERM to SIGKILL by
+            // default: 5 s of drain and 10 s of grace fit well within it.
+            drain_ms: 5_000,
             shutdown_grace_ms: 10_000,
             max_instances: 256,
             inference_threads: 0,

@@ -31,7 +31,6 @@ use hyper_util::rt::TokioIo;
 use mantle_node::{Node, Tenant};
 use metrics::NodeMetrics;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -50,9 +49,9 @@ pub struct Server {
     node: Arc<Node>,
     gates: HashMap<String, TenantGate>,
     metrics: NodeMetrics,
-    /// False once shutdown has begun: `/readyz` then tells load balancers
-    /// to send no more.
-    accepting: AtomicBool,
+    /// False once a stop was asked for: `/readyz` then tells load
+    /// balancers to send no more.
+    ready: AtomicBool,
 }
 
 type Shared = State<Arc<Server>>;
@@ -75,7 +74,13 @@ struct Charge {
 impl Server {
     pub fn new(node: Arc<Node>) -> Arc<Server> {
         let gates = node.tenants().map(|t| (t.id.clone(), TenantGate::new(&t.limits))).collect();
-        Arc::new(Server { node, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
+        Arc::new(Server { node, gates, metrics: NodeMetrics::new(), ready: AtomicBool::new(true) })
+    }
+
+    /// Whether the node takes new work: false from the moment it was asked
+    /// to stop.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Takes a turn for a request of `tenant` and reads its body within
@@ -115,10 +120,21 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
+/// How the node was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Leave the load balancers' rotation first: answer `/readyz` with 503
+    /// and go on serving for the node's `drain_ms`, then stop (SIGTERM).
+    Drain,
+    /// Stop accepting connections at once (SIGINT, or a second signal
+    /// during a drain).
+    Now,
+}
+
 /// Serves the node's routes on `listener`, over TLS when `tls` is given,
-/// until `shutdown` resolves, then stops accepting and lets requests in
-/// flight finish within the node's grace period. Returns whether they all
-/// finished.
+/// until a [`Stop`] arrives on `stops`; then, after the drain if one was
+/// asked for, stops accepting and lets requests in flight finish within
+/// the node's grace period. Returns whether they all finished.
 ///
 /// Each connection is served by hyper with a limit on how long the request
 /// line and headers may take, and the TLS handshake gets the same limit,
@@ -128,16 +144,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
     tls: Option<tls::TlsAcceptor>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut stops: tokio::sync::mpsc::Receiver<Stop>,
 ) -> std::io::Result<bool> {
     let settings = &server.node.settings;
     let grace = std::time::Duration::from_millis(settings.shutdown_grace_ms);
+    let drain = std::time::Duration::from_millis(settings.drain_ms);
     let header_timeout = std::time::Duration::from_millis(settings.header_read_timeout_ms);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
     let app = router(Arc::clone(&server));
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let mut drain_ends: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -150,7 +167,16 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            Some(stop) = stops.recv() => {
+                server.ready.store(false, Ordering::Relaxed);
+                if stop == Stop::Drain && drain_ends.is_none() && !drain.is_zero() {
+                    tracing::info!("draining: /readyz answers 503; serving on for {drain:?} (signal again to stop now)");
+                    drain_ends = Some(Box::pin(tokio::time::sleep(drain)));
+                    continue;
+                }
+                break;
+            }
+            () = until(drain_ends.as_mut()) => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let (http, tls, watcher) = (http.clone(), tls.clone(), connections.watcher());
@@ -177,7 +203,6 @@ pub async fn serve(
         });
     }
     drop(listener);
-    server.accepting.store(false, Ordering::Relaxed);
     tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
     match tokio::time::timeout(grace, connections.shutdown()).await {
         Ok(()) => Ok(true),
@@ -185,6 +210,14 @@ pub async fn serve(
             tracing::warn!("requests still in flight after {grace:?}; stopping anyway");
             Ok(false)
         }
+    }
+}
+
+/// Resolves when `deadline` passes; never, when there is none.
+async fn until(deadline: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(deadline) => deadline.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -223,6 +256,12 @@ async fn observe(State(server): Shared, mut request: Request, next: Next) -> Res
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    if !server.is_ready() {
+        // A draining node closes each connection after its answer, so
+        // that clients and proxies holding keep-alive connections open
+        // new ones, which the load balancer sends elsewhere.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -238,7 +277,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(server): Shared) -> Response {
-    if server.accepting.load(Ordering::Relaxed) {
+    if server.is_ready() {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()

@@ -7,7 +7,7 @@ use clap::Args;
 use mantle::examples::{self, DEMO_TENANT, EXAMPLES};
 use mantle::manifest::node::NodeConfig;
 use mantle::node::{BuildOptions, Node};
-use mantle::server::{Server, serve, tls};
+use mantle::server::{Server, Stop, serve, tls};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,7 +115,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     out.flush()?;
     drop(out);
 
-    let finished = serve(listener, server, tls, shutdown_signal()).await.context("the server failed");
+    let (stops, stop_requests) = tokio::sync::mpsc::channel(4);
+    let signals = tokio::spawn(forward_signals(stops));
+    let finished = serve(listener, server, tls, stop_requests).await.context("the server failed");
+    signals.abort();
     // A pull in progress is dropped: the store keeps nothing of it.
     for follow in following {
         follow.abort();
@@ -140,27 +143,36 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Turns signals into stops: SIGTERM, as service managers and Kubernetes
+/// send it, drains; SIGINT (Ctrl-C) at a terminal stops at once; any signal
+/// during a drain cuts it short.
+async fn forward_signals(stops: tokio::sync::mpsc::Sender<Stop>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
+        let mut terminate = match signal(SignalKind::terminate()) {
+            Ok(terminate) => Some(terminate),
             Err(e) => {
                 tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the node");
-                let _ = tokio::signal::ctrl_c().await;
+                None
+            }
+        };
+        loop {
+            let stop = tokio::select! {
+                Some(()) = async { terminate.as_mut()?.recv().await } => Stop::Drain,
+                Ok(()) = tokio::signal::ctrl_c() => Stop::Now,
+                else => return,
+            };
+            if stops.send(stop).await.is_err() {
+                return;
             }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    while tokio::signal::ctrl_c().await.is_ok() {
+        if stops.send(Stop::Now).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -380,6 +380,59 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     assert_eq!(served.wait_exit(Duration::from_secs(30)), Some(0), "stderr: {}", served.stderr());
 }
 
+/// What a client saw at one moment of a node's shutdown.
+#[derive(Debug)]
+struct Seen {
+    after: Duration,
+    /// `/readyz`'s status, or `None` when the connection was refused.
+    readyz: Option<u16>,
+    /// A guest request's status and its `Connection` header.
+    request: Option<(u16, Option<String>)>,
+}
+
+#[test]
+fn sigterm_turns_readyz_503_while_the_node_serves_on_for_the_drain() {
+    let modules = [program_module("echo", programs::ECHO, 30_000)].concat();
+    let config = format!("[node]\ndrain_ms = 1500\n\n{}", tenant("alpha", ALPHA_KEY, &[], &modules));
+    let mut served = ServedNode::with_config(&config);
+    assert_eq!(served.get("/readyz", None).status, 200);
+    served.terminate();
+    let signalled = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let readyz = served.try_send("GET", "/readyz", None, b"").ok().map(|r| r.status);
+        let request = served
+            .try_send("POST", "/t/alpha/echo", Some(ALPHA_KEY), b"still here")
+            .ok()
+            .map(|r| (r.status, r.header("connection").map(str::to_owned)));
+        let stopped = readyz.is_none() && request.is_none();
+        seen.push(Seen { after: signalled.elapsed(), readyz, request });
+        if stopped {
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(30), "the node never stopped listening: {seen:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let first_503 = seen.iter().position(|s| s.readyz == Some(503)).expect("/readyz answered 503 at some point");
+    let first_refused = seen.iter().position(|s| s.readyz.is_none() || s.request.is_none()).expect("refused");
+    assert!(
+        seen[..first_503].iter().all(|s| s.after < Duration::from_millis(500)),
+        "/readyz went on answering 200 long after SIGTERM: {seen:?}"
+    );
+    assert!(first_503 < first_refused, "connections were refused before /readyz said 503: {seen:?}");
+    // Between the two, guest requests were answered, each on a
+    // connection the node closes after it.
+    let drained = &seen[first_503..first_refused];
+    assert!(drained.len() >= 3, "too few requests answered during the drain: {seen:?}");
+    for s in drained {
+        assert_eq!(s.readyz, Some(503), "{seen:?}");
+        assert_eq!(s.request, Some((200, Some("close".to_owned()))), "{seen:?}");
+    }
+    // The drain lasts `drain_ms`, however busy the machine.
+    assert!(seen[first_refused].after >= Duration::from_millis(1500), "the drain was cut short: {seen:?}");
+    assert_eq!(served.wait_exit(Duration::from_secs(30)), Some(0), "stderr: {}", served.stderr());
+}
+
 #[test]
 fn tritonclient_gets_the_logits_tract_gives() {
     let python = python();
