@@ -453,6 +453,11 @@ impl Metrics {
         Metrics { samples }
     }
 
+    /// Every series of `name`: its labels and its value.
+    pub fn series(&self, name: &str) -> Vec<(&BTreeMap<String, String>, f64)> {
+        self.samples.iter().filter(|(n, _, _)| n == name).map(|(_, labels, value)| (labels, *value)).collect()
+    }
+
     /// The sample of `name` whose labels include `labels`, or 0 when there
     /// is none yet.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -8,7 +8,7 @@ use mantle_types::Sha256;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What makes two loaded models the same: the file's bytes and the pins.
 type ModelKey = (Sha256, BTreeMap<String, usize>);
@@ -21,7 +21,13 @@ pub struct ModelCache {
     /// so that a second caller of the same key (two entries of one bundle
     /// that share a file) waits for that load instead of repeating it.
     slots: Mutex<HashMap<ModelKey, Arc<Mutex<Weak<Model>>>>>,
+    /// How long each load took, kept until the metrics take them.
+    load_times: Mutex<Vec<Duration>>,
 }
+
+/// Load times kept for the metrics at most; past it, the oldest go. A node
+/// nobody scrapes must not grow with every deployment.
+const MAX_KEPT_LOAD_TIMES: usize = 1024;
 
 impl ModelCache {
     /// The model in `bytes`, pinned with `options`: the one already loaded
@@ -50,12 +56,25 @@ impl ModelCache {
         }
         let started = Instant::now();
         let model = Arc::new(Model::from_bytes(name, bytes, options)?);
+        let elapsed = started.elapsed();
         tracing::info!(
-            model = %name, sha256 = %digest, elapsed_ms = started.elapsed().as_millis() as u64,
+            model = %name, sha256 = %digest, elapsed_ms = elapsed.as_millis() as u64,
             "loaded and optimized the model"
         );
+        let mut times = self.load_times.lock().unwrap_or_else(PoisonError::into_inner);
+        if times.len() >= MAX_KEPT_LOAD_TIMES {
+            times.remove(0);
+        }
+        times.push(elapsed);
+        drop(times);
         *held = Arc::downgrade(&model);
         Ok((model, true))
+    }
+
+    /// How long each model loaded since the last call took: read, optimize
+    /// and plan, once per model the cache did not hold.
+    pub fn take_load_times(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.load_times.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The model in the file at `path`, as [`ModelCache::get_or_load`].

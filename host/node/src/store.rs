@@ -93,6 +93,23 @@ pub struct StoredVersion {
 }
 
 impl StoredVersion {
+    /// One digest for the version's contents: the SHA-256 of its file
+    /// list (`path` and blob digest, a line each, in path order) and its
+    /// signer. Every node that serves the same bundle shows the same one,
+    /// whether it was uploaded or pulled.
+    pub fn content_digest(&self) -> Sha256 {
+        use std::fmt::Write as _;
+        let mut listing = String::new();
+        // Writing to a String cannot fail.
+        for (path, blob) in &self.files {
+            let _ = writeln!(listing, "{path} {blob}");
+        }
+        if let Some(signer) = &self.signer {
+            let _ = writeln!(listing, "signed-by {signer}");
+        }
+        Sha256::of(listing.as_bytes())
+    }
+
     /// Whether this is `bundle`: its version, its files and its signer.
     pub fn holds(&self, bundle: &Bundle) -> bool {
         let files = bundle.files().map(|(path, bytes)| (path, Sha256::of(bytes).to_string()));

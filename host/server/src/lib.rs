@@ -12,6 +12,7 @@ mod extract;
 mod guest_route;
 pub mod kserve;
 mod metrics;
+mod process_metrics;
 pub mod status;
 #[cfg(test)]
 mod tests;
@@ -288,6 +289,13 @@ async fn metrics_text(State(server): Shared) -> Response {
     let load = server.gates.iter().map(|(tenant, gate)| (tenant.clone(), gate.running(), gate.waiting()));
     server.metrics.set_load(server.node.runtime.live_instances(), load);
     server.metrics.set_follows(&server.node.follows());
+    for elapsed in server.node.models().take_load_times() {
+        server.metrics.model_loaded(elapsed);
+    }
+    // A node without a store has no deployments.
+    if let Ok(deployments) = server.node.deployments() {
+        server.metrics.set_deployments(&deployments);
+    }
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], server.metrics.encode()).into_response()
 }
 

@@ -1,6 +1,8 @@
 //! The node's Prometheus metrics: requests, latencies, guest and inference
 //! time, bytes, live instances and queue depth, per tenant, module and
-//! model, served at `/metrics` in the OpenMetrics text format.
+//! model; what the node is and serves (build, deployments, followed tags);
+//! and the process's own figures. Served at `/metrics` in the OpenMetrics
+//! text format.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -57,6 +59,20 @@ struct FollowedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    tenant: String,
+    deployment: String,
+    version: String,
+    digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     tenant: String,
     model: String,
@@ -67,9 +83,16 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Model loads from 10 ms to about 5 min.
+fn load_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 15))
+}
+
 /// Every metric the node exports.
 pub struct NodeMetrics {
     registry: Registry,
+    deployment_info: Family<DeploymentLabels, Gauge>,
+    model_load_seconds: Histogram,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram>,
     admin_requests: Family<AdminLabels, Counter>,
@@ -99,7 +122,9 @@ impl Default for NodeMetrics {
 impl NodeMetrics {
     pub fn new() -> Self {
         let metrics = NodeMetrics {
-            registry: Registry::with_prefix("mantle"),
+            registry: Registry::default(),
+            deployment_info: Family::default(),
+            model_load_seconds: load_histogram(),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(duration_histogram),
             admin_requests: Family::default(),
@@ -119,7 +144,25 @@ impl NodeMetrics {
             follow_refused: Family::default(),
             follow_fetched_bytes: Family::default(),
         };
-        let mut registry = metrics.registry;
+        let mut root = metrics.registry;
+        #[cfg(target_os = "linux")]
+        root.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("mantle");
+        let build = Family::<BuildLabels, Gauge>::default();
+        let labels =
+            BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned(), commit: env!("MANTLE_COMMIT").to_owned() };
+        build.get_or_create(&labels).set(1);
+        registry.register("build_info", "1, labelled with the node's version and the commit it was built from", build);
+        registry.register(
+            "deployment_info",
+            "1 for the version each deployment serves, with the digest of its contents",
+            metrics.deployment_info.clone(),
+        );
+        registry.register(
+            "model_load_duration_seconds",
+            "Time to read, optimize and plan a model the node did not hold yet",
+            metrics.model_load_seconds.clone(),
+        );
         registry.register("requests", "Requests answered, by tenant, module and status", metrics.requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -186,7 +229,7 @@ impl NodeMetrics {
             "Blob bytes fetched from the registry for a followed tag since the node started",
             metrics.follow_fetched_bytes.clone(),
         );
-        NodeMetrics { registry, ..metrics }
+        NodeMetrics { registry: root, ..metrics }
     }
 
     /// Counts an answered request. `tenant` and `module` are empty when the
@@ -239,6 +282,26 @@ impl NodeMetrics {
             self.running.get_or_create(&TenantLabels { tenant: tenant.clone() }).set(running as i64);
             self.queued.get_or_create(&TenantLabels { tenant }).set(queued as i64);
         }
+    }
+
+    /// Sets which version each deployment serves.
+    pub fn set_deployments(&self, deployments: &[mantle_node::store::Deployment]) {
+        // A version no longer active leaves no series behind.
+        self.deployment_info.clear();
+        for deployment in deployments {
+            let Some(active) = deployment.active_version() else { continue };
+            let labels = DeploymentLabels {
+                tenant: deployment.tenant.clone(),
+                deployment: deployment.name.clone(),
+                version: active.version.clone(),
+                digest: format!("sha256:{}", active.content_digest()),
+            };
+            self.deployment_info.get_or_create(&labels).set(1);
+        }
+    }
+
+    pub fn model_loaded(&self, elapsed: Duration) {
+        self.model_load_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Sets the followed tags' gauges from their status.

@@ -664,6 +664,9 @@ fn a_model_named_by_the_configuration_and_by_two_tenants_bundles_is_loaded_once(
     upload("globex", &bundle("vision-b"));
     let after_second = node.rss_bytes();
     assert_eq!(loads(&node), 1, "loaded again: {}", node.stderr());
+    let metrics = node.metrics();
+    assert_eq!(metrics.value("mantle_model_load_duration_seconds_count", &[]), 1.0, "one load timed");
+    assert!(metrics.value("mantle_model_load_duration_seconds_sum", &[]) > 0.0);
     let grown = after_second.saturating_sub(after_first);
     assert!(
         grown < model.len() as u64,
@@ -679,4 +682,74 @@ fn a_model_named_by_the_configuration_and_by_two_tenants_bundles_is_loaded_once(
     }
     let configured = node.get("/v2/models/efficientnet-lite0", Some(TENANT_KEY));
     assert_eq!(configured.status, 200, "{}", configured.text());
+}
+
+/// The one `mantle_deployment_info` series a node shows: its labels.
+fn deployment_info(node: &ServedNode) -> std::collections::BTreeMap<String, String> {
+    let metrics = node.metrics();
+    let series = metrics.series("mantle_deployment_info");
+    assert_eq!(series.len(), 1, "one deployment, one series: {series:?}");
+    assert_eq!(series[0].1, 1.0);
+    series[0].0.clone()
+}
+
+#[test]
+fn every_node_tells_prometheus_its_build_its_process_and_the_digest_it_serves() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let first = pack(&greeter(root.path(), "1.0.0"), None);
+    let second = pack(&greeter(root.path(), "1.1.0"), None);
+    let nodes = [ServedNode::with_config(&node_config(&[])), ServedNode::with_config(&node_config(&[]))];
+    for node in &nodes {
+        assert_eq!(deploy(node, &first).code, Some(0));
+    }
+    let [a, b] = [deployment_info(&nodes[0]), deployment_info(&nodes[1])];
+    assert_eq!((a["tenant"].as_str(), a["deployment"].as_str(), a["version"].as_str()), ("acme", "greeter", "1.0.0"));
+    let digest = a["digest"].strip_prefix("sha256:").expect("a sha256 digest");
+    assert!(digest.len() == 64 && digest.bytes().all(|c| c.is_ascii_hexdigit()), "{a:?}");
+    assert_eq!(a, b, "two nodes serving the same bundle show the same digest");
+
+    // A new version replaces the series; the node beside it is unchanged.
+    assert_eq!(deploy(&nodes[0], &second).code, Some(0));
+    let moved = deployment_info(&nodes[0]);
+    assert_eq!(moved["version"], "1.1.0");
+    assert_ne!(moved["digest"], a["digest"]);
+    assert_eq!(deployment_info(&nodes[1]), b);
+    let back = mantle(&[
+        "rollback",
+        "--tenant",
+        "acme",
+        "--deployment",
+        "greeter",
+        "--node",
+        nodes[0].base(),
+        "--token",
+        OPERATOR_TOKEN,
+    ]);
+    assert_eq!(back.code, Some(0), "{}", back.stderr);
+    assert_eq!(deployment_info(&nodes[0]), a, "rolled back, the digest is the first one's again");
+
+    let node = &nodes[0];
+    let metrics = node.metrics();
+    let build = metrics.series("mantle_build_info");
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert_eq!(build[0].0["version"], env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(mantle_tests::repo_root())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    if let Some(head) = head {
+        assert_eq!(build[0].0["commit"], head, "built from the checked-out commit");
+    }
+    let rss = node.rss_bytes() as f64;
+    let reported = metrics.value("process_resident_memory_bytes", &[]);
+    assert!(reported > rss / 2.0 && reported < rss * 2.0, "RSS {reported} reported, {rss} in /proc");
+    assert!(metrics.value("process_open_fds", &[]) >= 3.0);
+    assert!(metrics.value("process_max_fds", &[]) >= metrics.value("process_open_fds", &[]));
+    assert!(metrics.value("process_cpu_seconds_total", &[]) > 0.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64();
+    let started = metrics.value("process_start_time_seconds", &[]);
+    assert!(started <= now + 1.0 && started > now - 600.0, "started at {started}, now {now}");
 }
