@@ -4,6 +4,8 @@
 //! binary itself, run as a command or as a serving node.
 
 pub mod crafted;
+pub mod debian;
+pub mod fleet;
 pub mod registry;
 pub mod served;
 

@@ -7,39 +7,11 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `docker-registry` program. `.ci/run` installs it; on a machine
-/// without it, the tests install Debian's package themselves when they can
-/// (as root with apt-get), as they install `tritonclient` into a venv.
+/// The `docker-registry` program, the distribution server.
 fn docker_registry() -> PathBuf {
-    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM
-        .get_or_init(|| {
-            let installed = PathBuf::from("/usr/bin/docker-registry");
-            let on_path = Command::new("docker-registry").arg("--version").output().is_ok_and(|o| o.status.success());
-            if on_path {
-                return PathBuf::from("docker-registry");
-            }
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            let root = unsafe { libc::geteuid() } == 0;
-            assert!(
-                root && std::path::Path::new("/usr/bin/apt-get").exists(),
-                "the registry tests need Debian's docker-registry package: apt-get install docker-registry"
-            );
-            for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "docker-registry"]] {
-                let status = Command::new("apt-get")
-                    .args(args)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .stdout(Stdio::null())
-                    .status()
-                    .expect("apt-get runs");
-                assert!(status.success(), "apt-get {args:?} failed");
-            }
-            installed
-        })
-        .clone()
+    crate::debian::program("docker-registry", "docker-registry")
 }
 
 /// A distribution registry on a loopback port, with its own storage,

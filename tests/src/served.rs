@@ -118,10 +118,30 @@ impl ServedNode {
     }
 
     fn configured_with(config: &str, data_dir: &Path, log: Option<&str>, env: &[(&str, &str)]) -> ServedNode {
+        Self::listening_on("127.0.0.1:0", config, data_dir, log, env)
+    }
+
+    /// Serves the node that `config` describes on `listen` (`ADDR:PORT`;
+    /// port 0 picks one), with its store in `data_dir`, which outlives the
+    /// node: a member of a fleet, started again at the same address.
+    pub fn listening_on(
+        listen: &str,
+        config: &str,
+        data_dir: &Path,
+        log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> ServedNode {
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("node.toml");
         std::fs::write(&path, config).expect("write the configuration");
-        let args = ["--config".as_ref(), path.as_os_str(), "--data-dir".as_ref(), data_dir.as_os_str()];
+        let args = [
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ];
         let mut node = Self::start(&args, log, env);
         node.dirs.push(dir);
         node
@@ -139,7 +159,11 @@ impl ServedNode {
     /// The bundled examples, with their store in `data_dir`, which
     /// outlives the node, and these environment variables set for it.
     pub fn demo_in_with_env(data_dir: &Path, env: &[(&str, &str)]) -> ServedNode {
-        Self::start(&["--data-dir".as_ref(), data_dir.as_os_str()], None, env)
+        Self::start(
+            &["--listen".as_ref(), "127.0.0.1:0".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()],
+            None,
+            env,
+        )
     }
 
     fn start(args: &[&std::ffi::OsStr], log: Option<&str>, env: &[(&str, &str)]) -> ServedNode {
@@ -150,7 +174,7 @@ impl ServedNode {
         command.envs(env.iter().copied());
         let mut child = command
             .current_dir(repo_root())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -29,7 +29,13 @@ fn following(reference: &str, trusted: &[String]) -> String {
 /// Packs bundle `greeter` at `version`: module `greet`, the echo guest (or
 /// `guest`) greeting with the version, with the Silero VAD model if
 /// `with_model`; signed with `key` if given.
-fn greeter(root: &Path, version: &str, guest: Option<&[u8]>, with_model: bool, key: Option<&Path>) -> PathBuf {
+pub(crate) fn greeter(
+    root: &Path,
+    version: &str,
+    guest: Option<&[u8]>,
+    with_model: bool,
+    key: Option<&Path>,
+) -> PathBuf {
     let dir = root.join(format!("greeter-{version}"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     match guest {
@@ -58,7 +64,7 @@ fn greeter(root: &Path, version: &str, guest: Option<&[u8]>, with_model: bool, k
 
 /// `mantle push`es `bundle` to `reference`; its digest and "uploaded N of
 /// M blobs".
-fn push(bundle: &Path, reference: &str) -> (String, (usize, usize)) {
+pub(crate) fn push(bundle: &Path, reference: &str) -> (String, (usize, usize)) {
     let pushed = mantle(&["push", &path(bundle), reference, "--insecure"]);
     let stdout = String::from_utf8_lossy(&pushed.stdout).into_owned();
     assert_eq!(pushed.code, Some(0), "{stdout}{}", pushed.stderr);

@@ -5,6 +5,7 @@ mod bad_input;
 mod bundle;
 mod cli;
 mod deploy;
+mod fleet;
 mod follow;
 mod hostile;
 mod hostile_node;
