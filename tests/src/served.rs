@@ -553,25 +553,37 @@ pub fn model_tables(names: &[&str]) -> String {
 /// remade when the requirements change.
 pub fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let requirements = repo_root().join("tests/python/requirements.txt");
-        let wanted = std::fs::read_to_string(&requirements).expect("tests/python/requirements.txt");
-        let venv = target_dir().join("python-venv");
-        let python = venv.join("bin/python");
-        let stamp = venv.join("mantle-requirements.txt");
-        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
-            return python;
-        }
-        let run = |command: &mut Command| {
-            let status = command.status().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-            assert!(status.success(), "{command:?} failed");
-        };
-        let interpreter = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
-        run(Command::new(interpreter).args(["-m", "venv", "--clear"]).arg(&venv));
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements));
-        std::fs::write(&stamp, wanted).expect("write the venv stamp");
-        python
-    })
+    PYTHON.get_or_init(|| python_with("tests/python/requirements.txt", "python-venv"))
+}
+
+/// A Python with the packages of `deploy/requirements.txt`: what the
+/// Kubernetes manifests are checked with.
+pub fn deploy_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| python_with("deploy/requirements.txt", "deploy-venv"))
+}
+
+/// The virtual environment `venv` under the target directory, with the
+/// packages of `requirements` (relative to the repository root), made or
+/// remade when they changed.
+fn python_with(requirements: &str, venv: &str) -> PathBuf {
+    let requirements = repo_root().join(requirements);
+    let wanted = std::fs::read_to_string(&requirements).unwrap_or_else(|e| panic!("{}: {e}", requirements.display()));
+    let venv = target_dir().join(venv);
+    let python = venv.join("bin/python");
+    let stamp = venv.join("mantle-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && python.exists() {
+        return python;
+    }
+    let run = |command: &mut Command| {
+        let status = command.status().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        assert!(status.success(), "{command:?} failed");
+    };
+    let interpreter = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run(Command::new(interpreter).args(["-m", "venv", "--clear"]).arg(&venv));
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements));
+    std::fs::write(&stamp, wanted).expect("write the venv stamp");
+    python
 }

@@ -11,6 +11,7 @@ mod hostile;
 mod hostile_node;
 mod image_classify;
 mod isolation;
+mod kubernetes;
 mod layers;
 mod ocr;
 mod registry;
