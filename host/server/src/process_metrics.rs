@@ -19,27 +19,15 @@ impl Collector for ProcessCollector {
         if let Ok(stat) = me.stat() {
             let ticks = procfs::ticks_per_second() as f64;
             let cpu = (stat.utime + stat.stime) as f64 / ticks;
-            let counter = ConstCounter::new(cpu);
-            let metric = encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time the process has used, in seconds",
-                None,
-                counter.metric_type(),
-            )?;
-            counter.encode(metric)?;
+            let help = "User and system CPU time the process has used, in seconds";
+            encode(&mut encoder, "process_cpu_seconds", help, ConstCounter::new(cpu))?;
             let page = procfs::page_size();
             gauge(&mut encoder, "process_resident_memory_bytes", "Resident memory size in bytes", stat.rss * page)?;
             gauge(&mut encoder, "process_virtual_memory_bytes", "Virtual memory size in bytes", stat.vsize)?;
             if let Ok(boot) = procfs::boot_time_secs() {
-                let started = boot as f64 + stat.starttime as f64 / ticks;
-                let metric = ConstGauge::new(started);
-                let encoded = encoder.encode_descriptor(
-                    "process_start_time_seconds",
-                    "When the process started, in seconds since the epoch",
-                    None,
-                    metric.metric_type(),
-                )?;
-                metric.encode(encoded)?;
+                let started = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
+                let help = "When the process started, in seconds since the epoch";
+                encode(&mut encoder, "process_start_time_seconds", help, started)?;
             }
         }
         if let Ok(open) = me.fd_count() {
@@ -55,7 +43,15 @@ impl Collector for ProcessCollector {
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    encode(encoder, name, help, ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)))
+}
+
+fn encode(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
     let encoded = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
     metric.encode(encoded)
 }

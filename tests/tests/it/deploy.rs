@@ -63,6 +63,21 @@ fn deploy(node: &ServedNode, bundle: &Path) -> Finished {
     mantle(&["deploy", &path(bundle), "--tenant", "acme", "--node", node.base(), "--token", OPERATOR_TOKEN])
 }
 
+/// `mantle rollback` of deployment `greeter` on `node`.
+fn roll_back(node: &ServedNode) -> Finished {
+    mantle(&[
+        "rollback",
+        "--tenant",
+        "acme",
+        "--deployment",
+        "greeter",
+        "--node",
+        node.base(),
+        "--token",
+        OPERATOR_TOKEN,
+    ])
+}
+
 /// What `greet` answers now: its greeting.
 fn greeting(node: &ServedNode) -> String {
     let reply = node.post("/t/acme/greet", Some(TENANT_KEY), b"");
@@ -96,17 +111,7 @@ fn deploy_a_new_version_then_roll_back_with_the_cli_alone_and_restart_into_it() 
     let listed = String::from_utf8_lossy(&status.stdout);
     assert!(listed.contains("acme/greeter  active 2  versions 1, 2"), "{listed}");
 
-    let back = mantle(&[
-        "rollback",
-        "--tenant",
-        "acme",
-        "--deployment",
-        "greeter",
-        "--node",
-        node.base(),
-        "--token",
-        OPERATOR_TOKEN,
-    ]);
+    let back = roll_back(&node);
     assert_eq!(back.code, Some(0), "{}{}", String::from_utf8_lossy(&back.stdout), back.stderr);
     assert_eq!(greeting(&node), "version 1");
 
@@ -714,17 +719,7 @@ fn every_node_tells_prometheus_its_build_its_process_and_the_digest_it_serves() 
     assert_eq!(moved["version"], "1.1.0");
     assert_ne!(moved["digest"], a["digest"]);
     assert_eq!(deployment_info(&nodes[1]), b);
-    let back = mantle(&[
-        "rollback",
-        "--tenant",
-        "acme",
-        "--deployment",
-        "greeter",
-        "--node",
-        nodes[0].base(),
-        "--token",
-        OPERATOR_TOKEN,
-    ]);
+    let back = roll_back(&nodes[0]);
     assert_eq!(back.code, Some(0), "{}", back.stderr);
     assert_eq!(deployment_info(&nodes[0]), a, "rolled back, the digest is the first one's again");
 
