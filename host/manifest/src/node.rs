@@ -217,11 +217,15 @@ pub struct FollowConfig {
     /// Plain HTTP instead of HTTPS: for a registry on loopback.
     #[serde(default)]
     pub insecure: bool,
-    /// Registry credentials: a user name, with its password given in the
-    /// file or, better, in the environment variable `password_env` names.
+    /// Registry credentials: a user name, with its password given in this
+    /// file, or better in the environment variable `password_env` names,
+    /// or in the file `password_file` names (relative to this file; a
+    /// mounted secret, read when the node starts, trailing newline
+    /// ignored).
     pub username: Option<String>,
     pub password: Option<String>,
     pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 /// The credentials are never printed.
@@ -416,6 +420,11 @@ impl NodeConfig {
                 *path = base.join(&*path);
             }
         }
+        for follow in raw.tenants.iter_mut().flat_map(|t| t.follows.iter_mut()) {
+            if let Some(path) = &mut follow.password_file {
+                *path = base.join(&*path);
+            }
+        }
         NodeConfig::try_from(raw)
     }
 
@@ -506,12 +515,13 @@ fn check(config: &RawNodeConfig) -> Result<(), String> {
             if follow.interval_ms < MIN_FOLLOW_INTERVAL_MS {
                 return Err(format!("{at}: interval_ms is under {MIN_FOLLOW_INTERVAL_MS}"));
             }
-            match (&follow.username, &follow.password, &follow.password_env) {
-                (None, None, None) | (Some(_), Some(_), None) | (Some(_), None, Some(_)) => {}
-                (None, _, _) => return Err(format!("{at}: a password needs a username")),
-                (Some(_), None, None) => return Err(format!("{at}: give the password or password_env")),
-                (Some(_), Some(_), Some(_)) => {
-                    return Err(format!("{at}: give one of password and password_env"));
+            let given = [follow.password.is_some(), follow.password_env.is_some(), follow.password_file.is_some()];
+            match (&follow.username, given.iter().filter(|g| **g).count()) {
+                (None, 0) | (Some(_), 1) => {}
+                (None, _) => return Err(format!("{at}: a password needs a username")),
+                (Some(_), 0) => return Err(format!("{at}: give the password, password_env or password_file")),
+                (Some(_), _) => {
+                    return Err(format!("{at}: give one of password, password_env and password_file"));
                 }
             }
         }
@@ -636,14 +646,23 @@ mod tests {
         let followed = &config.tenants()[0].follows()[0];
         assert_eq!((followed.interval_ms, followed.insecure), (30_000, false), "the defaults");
         assert!(!format!("{followed:?}").contains("hunter2"));
+        let from_file =
+            follow("reference = \"oci://r.example/a:1\"\nusername = \"ci\"\npassword_file = \"secrets/registry\"\n")
+                .expect("a password file");
+        let password_file = from_file.tenants()[0].follows()[0].password_file.as_deref();
+        assert_eq!(password_file, Some(Path::new("/etc/mantle/secrets/registry")), "relative to node.toml");
         for (table, expected) in [
             ("reference = \"registry.example/acme/vision:1\"\n", "must be oci://"),
             ("reference = \"oci://r.example/a:1\"\ninterval_ms = 10\n", "interval_ms is under 100"),
             ("reference = \"oci://r.example/a:1\"\npassword = \"x\"\n", "a password needs a username"),
-            ("reference = \"oci://r.example/a:1\"\nusername = \"ci\"\n", "give the password or password_env"),
+            ("reference = \"oci://r.example/a:1\"\nusername = \"ci\"\n", "give the password, password_env or"),
             (
                 "reference = \"oci://r.example/a:1\"\nusername = \"ci\"\npassword = \"x\"\npassword_env = \"P\"\n",
-                "one of password and password_env",
+                "one of password, password_env and password_file",
+            ),
+            (
+                "reference = \"oci://r.example/a:1\"\nusername = \"ci\"\npassword_env = \"P\"\npassword_file = \"p\"\n",
+                "one of password, password_env and password_file",
             ),
             ("reference = \"oci://r.example/a:1\"\ntag = \"1\"\n", "unknown field `tag`"),
         ] {

@@ -70,13 +70,18 @@ impl Follow {
             return Err(invalid("the node keeps no deployments: it was started without a data directory".to_owned()));
         }
         let reference = parse_reference(&config.reference).map_err(|e| invalid(e.to_string()))?;
-        let password = match (&config.password, &config.password_env) {
-            (Some(password), _) => Some(password.clone()),
-            (None, Some(variable)) => Some(
+        let password = match (&config.password, &config.password_env, &config.password_file) {
+            (Some(password), _, _) => Some(password.clone()),
+            (None, Some(variable), _) => Some(
                 std::env::var(variable)
                     .map_err(|_| invalid(format!("the environment variable {variable} holds no password")))?,
             ),
-            (None, None) => None,
+            (None, None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(format!("cannot read the password file {}: {e}", path.display())))?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None, None) => None,
         };
         let access = Access { insecure: config.insecure, credentials: config.username.clone().zip(password) };
         let status =

@@ -224,6 +224,29 @@ fn a_registry_that_wants_credentials_takes_them_from_flags_the_environment_or_a_
         &[("REGISTRY_PASSWORD", "s3cret")],
     );
     wait_for_echo(&node);
+
+    // And one reading it from a file, as a mounted Secret holds it: the
+    // trailing newline is not part of the password.
+    let secret = dir.path().join("registry-password");
+    std::fs::write(&secret, "s3cret\n").expect("write the password file");
+    let from_file = format!("username = \"ci\"\npassword_file = \"{}\"\n", secret.display());
+    wait_for_echo(&follower_with_env(&reference, &from_file, &[]));
+    // A file that is not there stops the node at start, naming it.
+    let missing = dir.path().join("nowhere");
+    let config = format!(
+        "[[tenant]]\nid = \"acme\"\nkey_sha256 = [\"{}\"]\n\n[[tenant.follow]]\nreference = \"{reference}\"\n\
+         insecure = true\nusername = \"ci\"\npassword_file = \"{}\"\n",
+        mantle_tests::served::key_sha256(KEY),
+        missing.display()
+    );
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(&config_path, config).expect("write node.toml");
+    let data = dir.path().join("data");
+    let (config_path, data) = (config_path.to_str().expect("a path"), data.to_str().expect("a path"));
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--config", config_path, "--data-dir", data];
+    let (code, _, stderr) = mantle_with_env(&serve, &[]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("cannot read the password file") && stderr.contains("nowhere"), "{stderr}");
 }
 
 /// A token service as the distribution spec's bearer flow has one: it
