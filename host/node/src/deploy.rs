@@ -81,6 +81,11 @@ impl Active {
         self.modules.get(id).cloned()
     }
 
+    /// Whether no deployment is active.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
     /// The model versions the active deployments serve through KServe.
     pub(crate) fn models(&self) -> impl Iterator<Item = &Arc<HeldModel>> {
         self.versions.values().flat_map(|version| version.models.iter())

@@ -103,12 +103,38 @@ impl Follow {
     fn update(&self, change: impl FnOnce(&mut FollowStatus)) {
         change(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
     }
+
+    /// Why the tenant has nothing to serve from this tag yet, if so: no
+    /// artifact of it was deployed or refused since the node started, and
+    /// the store restored nothing for the tenant either.
+    fn pending(&self, node: &Node) -> Option<String> {
+        let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.digest.is_some() || status.refused.is_some() {
+            return None;
+        }
+        if node.tenant(&self.tenant).is_some_and(|tenant| !tenant.active().is_empty()) {
+            return None;
+        }
+        Some(match &status.last_error {
+            Some(error) => format!("waiting for the first deployment of {}: {error}", self.text),
+            None => format!("waiting for the first deployment of {}", self.text),
+        })
+    }
 }
 
 impl Node {
     /// What each followed tag's polls found.
     pub fn follows(&self) -> Vec<FollowStatus> {
         self.follows.iter().map(|follow| follow.status()).collect()
+    }
+
+    /// Why the node is not ready to take traffic for a followed tag, if
+    /// it is not: a fresh node behind a load balancer would answer 404 for
+    /// the tenant's routes until its first pull lands. A node that restored
+    /// something for the tenant from its store is ready at once, even while
+    /// the registry is unreachable.
+    pub fn follow_pending(&self) -> Option<String> {
+        self.follows.iter().find_map(|follow| follow.pending(self))
     }
 
     /// Starts polling every followed tag, each in a task of its own, until

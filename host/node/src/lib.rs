@@ -83,7 +83,7 @@ impl Tenant {
     }
 
     /// What the tenant's active deployments serve now.
-    fn active(&self) -> Arc<Active> {
+    pub(crate) fn active(&self) -> Arc<Active> {
         Arc::clone(&self.active.read().unwrap_or_else(PoisonError::into_inner))
     }
 

@@ -50,9 +50,8 @@ pub struct Server {
     node: Arc<Node>,
     gates: HashMap<String, TenantGate>,
     metrics: NodeMetrics,
-    /// False once a stop was asked for: `/readyz` then tells load
-    /// balancers to send no more.
-    ready: AtomicBool,
+    /// False once a stop was asked for.
+    accepting: AtomicBool,
 }
 
 type Shared = State<Arc<Server>>;
@@ -75,13 +74,22 @@ struct Charge {
 impl Server {
     pub fn new(node: Arc<Node>) -> Arc<Server> {
         let gates = node.tenants().map(|t| (t.id.clone(), TenantGate::new(&t.limits))).collect();
-        Arc::new(Server { node, gates, metrics: NodeMetrics::new(), ready: AtomicBool::new(true) })
+        Arc::new(Server { node, gates, metrics: NodeMetrics::new(), accepting: AtomicBool::new(true) })
     }
 
-    /// Whether the node takes new work: false from the moment it was asked
-    /// to stop.
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Whether the node was asked to stop: from that moment it tells load
+    /// balancers to send no more, and closes connections after answering.
+    fn is_draining(&self) -> bool {
+        !self.accepting.load(Ordering::Relaxed)
+    }
+
+    /// Whether load balancers should send the node traffic, and if not,
+    /// why: it is draining, or a followed tag has not been deployed yet.
+    fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("shutting down".to_owned());
+        }
+        self.node.follow_pending().map_or(Ok(()), Err)
     }
 
     /// Takes a turn for a request of `tenant` and reads its body within
@@ -169,7 +177,7 @@ pub async fn serve(
                 }
             },
             Some(stop) = stops.recv() => {
-                server.ready.store(false, Ordering::Relaxed);
+                server.accepting.store(false, Ordering::Relaxed);
                 if stop == Stop::Drain && drain_ends.is_none() && !drain.is_zero() {
                     tracing::info!("draining: /readyz answers 503; serving on for {drain:?} (signal again to stop now)");
                     drain_ends = Some(Box::pin(tokio::time::sleep(drain)));
@@ -257,7 +265,7 @@ async fn observe(State(server): Shared, mut request: Request, next: Next) -> Res
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    if !server.is_ready() {
+    if server.is_draining() {
         // A draining node closes each connection after its answer, so
         // that clients and proxies holding keep-alive connections open
         // new ones, which the load balancer sends elsewhere.
@@ -278,10 +286,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(server): Shared) -> Response {
-    if server.is_ready() {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    match server.readiness() {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", mantle_types::untrusted::escaped(&why))).into_response()
+        }
     }
 }
 

@@ -2,12 +2,12 @@
 //! loopback addresses following one tag in a real registry, HAProxy in
 //! front health-checking `/readyz`, Prometheus scraping every node through
 //! `file_sd`, and steady load through HAProxy with every answer checked.
-//! The tag moves, every node is restarted with SIGTERM one by one, and one
-//! is killed with SIGKILL and brought back.
+//! The tag moves, every node is restarted with SIGTERM one by one, a fresh
+//! node joins, and one is killed with SIGKILL and brought back.
 
 use super::deploy::{OPERATOR_TOKEN, TENANT_KEY};
 use super::follow::{greeter, push};
-use mantle_tests::fleet::{Haproxy, Prometheus};
+use mantle_tests::fleet::{Haproxy, Prometheus, free_port};
 use mantle_tests::registry::Registry;
 use mantle_tests::served::{ServedNode, key_sha256};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,9 +41,11 @@ struct Member {
 }
 
 impl Member {
-    fn start(ip: &str, config: &str, name: String) -> Member {
+    /// A node with an empty store listening on `listen` (`IP:PORT`; port 0
+    /// picks one).
+    fn start(listen: &str, config: &str, name: String) -> Member {
         let data = tempfile::tempdir().expect("a temp dir");
-        let node = ServedNode::listening_on(&format!("{ip}:0"), config, data.path(), None, &[]);
+        let node = ServedNode::listening_on(listen, config, data.path(), None, &[]);
         let address = node.host_port().to_owned();
         Member { name, address, data, config: config.to_owned(), node: Some(node) }
     }
@@ -225,7 +227,7 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
     let (first, _) = push(&greeter(root.path(), "1.0.0", None, false, None), &reference);
     let config = node_config(&reference);
     let mut members: Vec<Member> =
-        (2..=4).map(|i| Member::start(&format!("127.0.0.{i}"), &config, format!("node{}", i - 1))).collect();
+        (2..=4).map(|i| Member::start(&format!("127.0.0.{i}:0"), &config, format!("node{}", i - 1))).collect();
     for member in &members {
         // Each node deploys the tag's artifact before it takes traffic.
         let started = Instant::now();
@@ -234,9 +236,13 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let servers: Vec<(String, String)> = members.iter().map(|m| (m.name.clone(), m.address.clone())).collect();
+    let mut servers: Vec<(String, String)> = members.iter().map(|m| (m.name.clone(), m.address.clone())).collect();
+    // A fourth machine, in HAProxy's list from the start but not running
+    // yet: down until it answers `/readyz`.
+    let joining = (String::from("node4"), format!("127.0.0.5:{}", free_port("127.0.0.5")));
+    servers.push(joining.clone());
     let haproxy = Haproxy::start(&servers);
-    let prometheus = Prometheus::start(&members.iter().map(|m| m.address.clone()).collect::<Vec<_>>());
+    let prometheus = Prometheus::start(&servers.iter().map(|(_, address)| address.clone()).collect::<Vec<_>>());
     let serving = |digest: &str| format!("count(mantle_follow_serving{{digest=\"{digest}\"}} == 1)");
     wait_for_prometheus(&prometheus, &serving(&first), 3.0, Duration::from_secs(30));
 
@@ -275,7 +281,21 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
     }
     phase("rolling restart", rolling);
 
-    // 3. One node dies at once, and comes back.
+    // 3. A fresh node joins, as an autoscaler adds one: its store is empty,
+    // so it is not ready until it has pulled what the tag names, and no
+    // request reaches it before.
+    let scaling = Instant::now();
+    let fresh = Member::start(&joining.1, &config, joining.0.clone());
+    let started = Instant::now();
+    while haproxy.server_stats(&fresh.name).get("stot").copied().unwrap_or(0) < 100 {
+        assert!(started.elapsed() < Duration::from_secs(60), "{} never took traffic", fresh.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    members.push(fresh);
+    phase("scale out", scaling);
+    wait_for_prometheus(&prometheus, &serving(&second), 4.0, Duration::from_secs(10));
+
+    // 4. One node dies at once, and comes back.
     let killing = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     // HAProxy counts, per server, the requests the server aborted: those
@@ -315,14 +335,15 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
     let failed = |phase: &Phase| {
         sent.iter().filter(|s| s.at >= phase.from && s.at < phase.to && s.problem.is_some()).collect::<Vec<_>>()
     };
-    for phase in &phases[..3] {
+    for phase in &phases[..4] {
         let failed: Vec<_> = failed(phase).iter().map(|s| (&s.id, s.problem.as_deref())).collect();
-        assert!(failed.is_empty(), "{}: {} failed: {failed:?}\n{report}", phase.name, failed.len());
+        let first = &failed[..failed.len().min(10)];
+        assert!(failed.is_empty(), "{}: {} failed, the first: {first:?}\n{report}", phase.name, failed.len());
     }
     // A SIGKILL loses at most what the node was doing: every failed
     // request was sent before the kill, and there are no more of them
     // than the killed node had in flight; no other node aborted any.
-    let lost = failed(&phases[3]);
+    let lost = failed(&phases[4]);
     for lost in &lost {
         assert!(lost.at < killed, "{} was sent after the kill and failed: {:?}", lost.id, lost.problem);
     }

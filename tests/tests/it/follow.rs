@@ -418,3 +418,36 @@ fn a_tag_moved_to_something_that_is_not_a_bundle_is_refused_and_moving_it_back_s
     assert!(cleared["last_error"].is_null(), "{cleared}");
     assert_eq!(greeting(&node).as_deref(), Ok("version 1"));
 }
+
+#[test]
+fn a_fresh_node_is_ready_once_its_followed_tag_serves_and_a_restarted_one_at_once() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let data = root.path().join("data");
+    let mut registry = Registry::start();
+    let reference = format!("oci://{}/{REPO}:stable", registry.host());
+    // Nothing is on the tag yet: the node has nothing to serve for acme,
+    // and a load balancer must not send it acme's traffic.
+    let node = ServedNode::with_config_in(&following(&reference, &[]), &data);
+    let waiting = node.get("/readyz", None);
+    assert_eq!(waiting.status, 503, "{}", waiting.text());
+    assert!(waiting.text().contains(&reference), "/readyz says which tag it waits for: {}", waiting.text());
+    assert_eq!(node.get("/v2/health/ready", None).status, 503, "KServe's readiness agrees");
+    assert_eq!(node.get("/healthz", None).status, 200, "the node is alive all along");
+
+    push(&greeter(root.path(), "1.0.0", None, false, None), &reference);
+    let started = Instant::now();
+    while node.get("/readyz", None).status != 200 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready: {}", follow(&node));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(greeting(&node).as_deref(), Ok("version 1.0.0"), "ready means it serves the tag");
+    drop(node);
+
+    // Restarted while the registry is down: what the store holds serves,
+    // so the node is ready at once.
+    registry.kill();
+    let node = ServedNode::with_config_in(&following(&reference, &[]), &data);
+    let ready = node.get("/readyz", None);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(greeting(&node).as_deref(), Ok("version 1.0.0"));
+}

@@ -62,7 +62,7 @@ async fn live() -> StatusCode {
 }
 
 async fn ready(state: Shared) -> StatusCode {
-    if state.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if state.readiness().is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
 /// A refused request, and the tenant it is charged to if one was known.
