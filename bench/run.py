@@ -170,10 +170,24 @@ def wait_for_banner(node):
 
 
 def host_overhead(binaries, runs):
-    """Microseconds per request: the no-op guest over HTTP and /healthz from
-    one keep-alive client, and a fresh no-op instance per call in process."""
+    """Microseconds per request over HTTP (the no-op guest, `/healthz`, and
+    a bare hyper server beside them), free to run on any core and pinned to
+    one; and a fresh no-op instance per call in process."""
+    over_http = {"any core": http_path(binaries, runs), "one core": http_path(binaries, runs, cpus="0")}
+    command = [str(binaries / "mantle-bench"), "instantiate", str(runs)]
+    in_process = json.loads(run(command, capture_output=True, text=True).stdout)
+    return over_http, in_process["us"]
+
+
+def http_path(binaries, runs, cpus=None):
+    """The node's no-op guest and `/healthz`, and `mantle-bench
+    hyper-reference` (hyper alone), each over one keep-alive connection
+    from `mantle-bench http`. With `cpus`, the node, the reference and the
+    client all run on those cores (`taskset`), which takes the cost of
+    waking a thread on another core out of the figures."""
     noop = ROOT / "target" / "guests" / "wasm32-wasip2" / "release" / "noop.wasm"
     key = "bench-key"
+    pinned = ["taskset", "-c", cpus] if cpus else []
     with tempfile.TemporaryDirectory(prefix="mantle-bench-") as scratch:
         config = Path(scratch) / "node.toml"
         config.write_text(
@@ -185,23 +199,26 @@ def host_overhead(binaries, runs):
             f"path = {json.dumps(str(noop))}\n"
         )
         node = subprocess.Popen(
-            [str(binaries / "mantle"), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
-             "--data-dir", str(Path(scratch) / "data")],
+            pinned + [str(binaries / "mantle"), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
+                      "--data-dir", str(Path(scratch) / "data")],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        reference = subprocess.Popen(
+            pinned + [str(binaries / "mantle-bench"), "hyper-reference"], stdout=subprocess.PIPE, text=True
+        )
         try:
             base = wait_for_banner(node)
-            command = [str(binaries / "mantle-bench"), "http", base, f"{base}/t/bench/noop", key, str(runs)]
-            over_http = json.loads(run(command, capture_output=True, text=True).stdout)
+            floor = reference.stdout.readline().split()[-1]
+            command = pinned + [str(binaries / "mantle-bench"), "http", base, f"{base}/t/bench/noop", key, str(runs),
+                                "--reference", floor]
+            return json.loads(run(command, capture_output=True, text=True).stdout)
         finally:
-            node.terminate()
-            node.wait(timeout=30)
-    command = [str(binaries / "mantle-bench"), "instantiate", str(runs)]
-    in_process = json.loads(run(command, capture_output=True, text=True).stdout)
-    return over_http, in_process["us"]
+            for server in (node, reference):
+                server.terminate()
+                server.wait(timeout=30)
 
 
 CONCURRENCY = [1, 2, 4, 8, 16]
@@ -464,6 +481,40 @@ def write_report(heading, section):
     path.write_text(INTRO + "\n" + "\n".join(bodies))
 
 
+def host_overhead_lines(over_http, instantiate, requests):
+    """The host overhead section's text and table."""
+    lines = [
+        f"{requests} timed requests after 100 to warm up, concurrency 1, each server over",
+        "one keep-alive connection from `mantle-bench http` (hyper's client on one thread).",
+        "The reference is `mantle-bench hyper-reference`: hyper alone answering `ok`,",
+        "in a process of its own. `/healthz` and the reference take turns; the no-op",
+        "guest's requests follow, alone, so that what a guest request leaves behind (its",
+        "instance's memory reset) is not charged to a probe. \"Any core\": the servers and",
+        "the client run where the scheduler puts them; \"one core\": all three are",
+        "pinned to one core (`taskset`), which takes the cost of waking a thread on",
+        "another core out of the figures. In process, each call makes a fresh instance",
+        "of the no-op guest and calls its handler, as the node does per request.",
+        "Microseconds; the ratio is to hyper alone in the same run.",
+        "",
+        "| what | cores | p50 | p99 | ÷ hyper alone |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for cores, measured in over_http.items():
+        floor = statistics.median(measured["hyper_us"])
+        for what, key in [("hyper alone", "hyper_us"), ("`/healthz` (no guest)", "healthz_us"),
+                          ("no-op guest", "noop_us")]:
+            values = measured[key]
+            lines.append(
+                f"| {what} | {cores} | {statistics.median(values):.1f} | {percentile(values, 99):.1f} "
+                f"| {statistics.median(values) / floor:.2f}× |"
+            )
+    lines.append(
+        f"| fresh no-op instance + call, in process | any core | {statistics.median(instantiate):.1f} "
+        f"| {percentile(instantiate, 99):.1f} | |"
+    )
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="release", help="cargo profile to build mantle with (default: release)")
@@ -600,27 +651,7 @@ def main():
             f"| {name} | {statistics.median(inside):.1f} | {percentile(inside, 99):.1f} "
             f"| {statistics.median(native):.1f} | {percentile(native, 99):.1f} | {ratio:.2f}× |"
         )
-    lines += [
-        "",
-        "### Host overhead",
-        "",
-        f"{args.requests} timed requests after 100 to warm up, each row from one",
-        "client over one keep-alive connection (`mantle-bench`, Rust), concurrency 1.",
-        "Over HTTP the no-op guest's requests and `/healthz`, which no guest serves,",
-        "take turns, so the difference is what a guest adds to a request. In process,",
-        "each call makes a fresh instance of the no-op guest and calls its handler, as",
-        "the node does per request. Microseconds.",
-        "",
-        "| what | p50 | p99 |",
-        "| --- | --- | --- |",
-    ]
-    rows = [
-        ("no-op guest over HTTP", over_http["noop_us"]),
-        ("`/healthz` over HTTP (no guest)", over_http["healthz_us"]),
-        ("fresh no-op instance + call, in process", instantiate),
-    ]
-    for what, values in rows:
-        lines.append(f"| {what} | {statistics.median(values):.1f} | {percentile(values, 99):.1f} |")
+    lines += ["", "### Host overhead", ""] + host_overhead_lines(over_http, instantiate, args.requests)
     lines += [
         "",
         "### Serving image-classify",

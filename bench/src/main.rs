@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod http_client;
+mod hyper_reference;
 mod sandbox;
 
 /// The no-op guest's component, built by build.rs.
@@ -61,12 +63,23 @@ enum Measure {
     },
     /// Microseconds to instantiate the no-op guest and call its handler.
     Instantiate { runs: usize },
-    /// Microseconds per request: the no-op guest at `url`, and the node's
-    /// `/healthz`, which no guest serves, taking turns.
-    Http { node: String, url: String, key: String, runs: usize },
+    /// Microseconds per request: the no-op guest at `url`, the node's
+    /// `/healthz`, which no guest serves, and the bare hyper server at
+    /// `reference` if given, taking turns.
+    Http {
+        node: String,
+        url: String,
+        key: String,
+        runs: usize,
+        #[arg(long)]
+        reference: Option<String>,
+    },
     /// The CPU's model and vector features, and the kernel levels it
     /// supports and runs at.
     Cpu,
+    /// Serves `ok` to every request with hyper alone, printing its
+    /// address: the reference for `http`.
+    HyperReference,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,8 +98,9 @@ fn main() -> anyhow::Result<()> {
             sandbox::measure(&models_dir, runs, &bodies)?
         }
         Measure::Instantiate { runs } => instantiate(runs)?,
-        Measure::Http { node, url, key, runs } => http(&node, &url, &key, runs)?,
+        Measure::Http { node, url, key, runs, reference } => http(&node, &url, &key, runs, reference.as_deref())?,
         Measure::Cpu => cpu(),
+        Measure::HyperReference => hyper_reference::serve()?,
     };
     println!("{report}");
     Ok(())
@@ -261,31 +275,40 @@ fn instantiate(runs: usize) -> anyhow::Result<serde_json::Value> {
     })
 }
 
-/// Microseconds per request over one keep-alive connection, the no-op guest
-/// and `/healthz` taking turns, after 100 of each to warm up.
-fn http(node: &str, url: &str, key: &str, runs: usize) -> anyhow::Result<serde_json::Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(true).build().into();
-    let healthz = format!("{}/healthz", node.trim_end_matches('/'));
-    let authorization = format!("Bearer {key}");
-    let mut noop = Vec::with_capacity(runs);
-    let mut health = Vec::with_capacity(runs);
-    for round in 0..runs + 100 {
-        let started = Instant::now();
-        agent
-            .post(url)
-            .header("authorization", &authorization)
-            .send(&[][..])
-            .with_context(|| format!("POST {url}"))?
-            .body_mut()
-            .read_to_vec()?;
-        let guest = started.elapsed();
-        let started = Instant::now();
-        agent.get(&healthz).call().with_context(|| format!("GET {healthz}"))?.body_mut().read_to_vec()?;
-        let host = started.elapsed();
-        if round >= 100 {
-            noop.push(guest.as_secs_f64() * 1e6);
-            health.push(host.as_secs_f64() * 1e6);
+/// Microseconds per request over keep-alive connections, one per server,
+/// after 100 of each to warm up: `/healthz` and the hyper reference taking
+/// turns, then the no-op guest alone. The guest's requests are not mixed
+/// with `/healthz`'s: the work a guest request leaves behind it (its
+/// instance's memory reset) would be charged to the probe that follows.
+/// The client is hyper's, on a one-thread runtime.
+fn http(node: &str, url: &str, key: &str, runs: usize, reference: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut to_node = http_client::Connection::open(node).await?;
+        let mut to_reference = match reference {
+            Some(reference) => Some(http_client::Connection::open(reference).await?),
+            None => None,
+        };
+        let noop_path = url.strip_prefix(node.trim_end_matches('/')).context("the no-op URL is on the node")?;
+        let authorization = format!("Bearer {key}");
+        let (mut noop, mut health, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..runs + 100 {
+            let host = to_node.time("GET", "/healthz", None).await?;
+            let bare = match &mut to_reference {
+                Some(connection) => Some(connection.time("GET", "/", None).await?),
+                None => None,
+            };
+            if round >= 100 {
+                health.push(host);
+                floor.extend(bare);
+            }
         }
-    }
-    Ok(serde_json::json!({ "noop_us": noop, "healthz_us": health }))
+        for round in 0..runs + 100 {
+            let guest = to_node.time("POST", noop_path, Some(&authorization)).await?;
+            if round >= 100 {
+                noop.push(guest);
+            }
+        }
+        Ok(serde_json::json!({ "noop_us": noop, "healthz_us": health, "hyper_us": floor }))
+    })
 }
