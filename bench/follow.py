@@ -16,7 +16,6 @@ node has is visibly not fetched again.
 """
 
 import argparse
-import datetime
 import hashlib
 import json
 import re
@@ -247,39 +246,6 @@ def section(results, rounds):
     return lines
 
 
-def splice(heading, cpu, profile, lines):
-    """Replaces this subsection of `heading`'s section of docs/BENCHMARKS.md,
-    or starts that section with it if this CPU has none yet."""
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text()
-    new = "\n".join(lines)
-    if heading not in text:
-        section = [
-            heading,
-            "",
-            f"- Taken: {datetime.date.today().isoformat()}, cargo profile `{profile}`, by `bench/follow.py`",
-            "  alone: the rest of `bench/run.py` has not run on this CPU yet.",
-            f"- Machine: {harness.machine()}.",
-            f"- Vector features: {' '.join(cpu['features'])}.",
-            "",
-            new,
-        ]
-        path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
-        return
-    start = text.index(heading)
-    end = text.find("\n" + harness.SECTION, start + 1)
-    end = len(text) if end < 0 else end + 1
-    body = text[start:end]
-    if SUBSECTION in body:
-        a = body.index(SUBSECTION)
-        b = body.find("\n### ", a + 1)
-        body = body[:a] + new + (body[b:] if b >= 0 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + new
-    rest = text[end:]
-    path.write_text(text[:start] + body.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="release")
@@ -290,7 +256,7 @@ def main():
     heading = harness.SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
     lines = section(measure(binaries, args.rounds), args.rounds)
     print("\n".join(lines))
-    splice(heading, cpu, args.profile, lines)
+    harness.splice_subsection(heading, SUBSECTION, "bench/follow.py", cpu, args.profile, lines)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ Measured so far:
      answered, with an empty compiled-code cache and with a warm one;
   6. following a registry tag: from a tag move to the first answer of the
      new version on three nodes, and the registry requests of idle nodes
-     (bench/follow.py, which also runs alone).
+     (bench/follow.py, which also runs alone);
+  7. tenants: start, memory and one tenant's latency under load with 1 to
+     1,000 tenants running one guest (bench/tenants.py, which also runs
+     alone).
 
 The report has a section per CPU: a run replaces the section of the CPU it
 ran on (its model and vector features) and keeps the others, so that
@@ -464,6 +467,40 @@ only the ratios. A lead on one CPU says nothing about another.
 SECTION = "## CPU: "
 
 
+def splice_subsection(heading, subsection, script, cpu, profile, lines):
+    """Replaces `subsection` of `heading`'s section of docs/BENCHMARKS.md
+    with `lines`, which `script` measured alone, or starts that section
+    with it if this CPU has none yet."""
+    path = ROOT / "docs" / "BENCHMARKS.md"
+    text = path.read_text()
+    new = "\n".join(lines)
+    if heading not in text:
+        section = [
+            heading,
+            "",
+            f"- Taken: {datetime.date.today().isoformat()}, cargo profile `{profile}`, by `{script}`",
+            "  alone: the rest of `bench/run.py` has not run on this CPU yet.",
+            f"- Machine: {machine()}.",
+            f"- Vector features: {' '.join(cpu['features'])}.",
+            "",
+            new,
+        ]
+        path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
+        return
+    start = text.index(heading)
+    end = text.find("\n" + SECTION, start + 1)
+    end = len(text) if end < 0 else end + 1
+    body = text[start:end]
+    if subsection in body:
+        a = body.index(subsection)
+        b = body.find("\n### ", a + 1)
+        body = body[:a] + new + (body[b:] if b >= 0 else "")
+    else:
+        body = body.rstrip("\n") + "\n\n" + new
+    rest = text[end:]
+    path.write_text(text[:start] + body.rstrip("\n") + "\n" + ("\n" + rest if rest else ""))
+
+
 def write_report(heading, section):
     """Replaces this CPU's section of docs/BENCHMARKS.md, keeping the
     sections of other CPUs in the order they were first written."""
@@ -524,6 +561,9 @@ def main():
     parser.add_argument("--requests", type=int, default=5000, help="no-op requests to time (default: 5000)")
     parser.add_argument("--seconds", type=int, default=6, help="seconds of each load run (default: 6)")
     parser.add_argument("--follow-rounds", type=int, default=5, help="tag moves of each kind to time (default: 5)")
+    parser.add_argument(
+        "--tenant-requests", type=int, default=200, help="one tenant's timed requests per tenant count (default: 200)"
+    )
     args = parser.parse_args()
 
     binaries = build(args.profile)
@@ -558,6 +598,12 @@ def main():
     import follow  # it builds on this module's helpers
 
     followed = follow.measure(binaries, args.follow_rounds)
+
+    print("tenants", file=sys.stderr)
+    import tenants  # it builds on this module's helpers
+
+    tenant_sizes = [1, 10, 100, 1000]
+    scaled = tenants.measure(binaries, tenant_sizes, args.starts, args.tenant_requests, args.rounds)
 
     heading = SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
     lowered = "" if cpu["chosen"] == cpu["detected"] else f", lowered from {cpu['detected']} by MANTLE_CPU_KERNELS"
@@ -723,6 +769,7 @@ def main():
         "",
     ]
     lines += follow.section(followed, args.follow_rounds)
+    lines += tenants.section(scaled, args.starts, args.tenant_requests, args.rounds)
     report = "\n".join(lines)
     write_report(heading, report)
     print(report)

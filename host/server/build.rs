@@ -18,7 +18,9 @@ fn git_head() -> Option<String> {
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
-    for file in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+    // `logs/HEAD` grows with every commit, checkout and reset, also when
+    // the branch's ref is packed and no loose ref file exists to watch.
+    for file in ["HEAD", "logs/HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
         // A path that does not exist would make cargo rerun this on every
         // build.
         if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", file])

@@ -71,7 +71,7 @@ impl Example {
 
 /// The example guests, as a node resolves `example = "..."`.
 pub fn builtin_guests() -> [BuiltinGuest; 3] {
-    EXAMPLES.map(|example| BuiltinGuest { name: example.name, wasm: example.wasm })
+    EXAMPLES.map(|example| BuiltinGuest::new(example.name, example.wasm))
 }
 
 /// The configuration of the bundled examples: each example model from

@@ -124,6 +124,13 @@ impl Node {
         self.node.runtime.load_module(spec, wasm)
     }
 
+    /// Loads `wasm` as `spec` says, and whether its compiled code came
+    /// from a module made from the same component before.
+    pub fn load_spec(&self, spec: ModuleSpec, wasm: &[u8]) -> (GuestModule, bool) {
+        let component = mantle::runtime::ComponentBytes::new(wasm);
+        self.node.runtime.load_component(spec, component, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub async fn call(&self, module: &GuestModule, request: Request) -> Result<Response, HandleError> {
         self.node.runtime.handle(module, request, "test-request").await
     }

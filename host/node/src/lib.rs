@@ -130,6 +130,15 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 pub struct BuiltinGuest {
     pub name: &'static str,
     pub wasm: &'static [u8],
+    /// The SHA-256 of `wasm`, taken once: every module that names the
+    /// guest is the same component.
+    pub digest: Sha256,
+}
+
+impl BuiltinGuest {
+    pub fn new(name: &'static str, wasm: &'static [u8]) -> BuiltinGuest {
+        BuiltinGuest { name, wasm, digest: Sha256::of(wasm) }
+    }
 }
 
 /// How a node is built, besides its configuration.

@@ -9,7 +9,8 @@ use mantle_bundle::Bundle;
 use mantle_manifest::module::{ModuleDeclaration, ModuleSource};
 use mantle_manifest::node::TenantLimits;
 use mantle_models::Model;
-use mantle_runtime::{GuestModule, ModuleSpec, Runtime, SetupError};
+use mantle_runtime::{ComponentBytes, GuestModule, ModuleSpec, Runtime, SetupError};
+use mantle_types::Sha256;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,7 +73,7 @@ pub fn resolve_module(
             .map_err(|message| ResolveError::Limits { module: declaration.id.to_string(), message })?,
         None => declaration.limits.limits(),
     };
-    let wasm = component(declaration, scope)?;
+    let (wasm, digest) = component(declaration, scope)?;
     let granted =
         scope.models.iter().filter(|held| declaration.models.iter().any(|g| g.covers(&held.name, &held.version)));
     let spec = ModuleSpec {
@@ -83,18 +84,23 @@ pub fn resolve_module(
         config: declaration.config.clone(),
     };
     let started = std::time::Instant::now();
-    let (module, cached) = match scope.compiled_dir {
-        Some(dir) => runtime.load_module_cached(spec, &wasm, dir)?,
-        None => (runtime.load_module(spec, &wasm)?, false),
+    let component = match digest {
+        Some(digest) => ComponentBytes::hashed(&wasm, digest),
+        None => ComponentBytes::new(&wasm),
     };
+    let (module, cached) = runtime.load_component(spec, component, scope.compiled_dir)?;
     tracing::debug!(
         tenant = %scope.tenant, module = %declaration.id, cached, elapsed = ?started.elapsed(), "resolved the module"
     );
     Ok(Resolved { module, cached })
 }
 
-/// The bytes of the declaration's component.
-fn component<'a>(declaration: &ModuleDeclaration, scope: &Scope<'a>) -> Result<Cow<'a, [u8]>, ResolveError> {
+/// The bytes of the declaration's component, and their digest if it is
+/// known already.
+fn component<'a>(
+    declaration: &ModuleDeclaration,
+    scope: &Scope<'a>,
+) -> Result<(Cow<'a, [u8]>, Option<Sha256>), ResolveError> {
     let module = || declaration.id.to_string();
     match &declaration.source {
         ModuleSource::File(path) => {
@@ -103,7 +109,7 @@ fn component<'a>(declaration: &ModuleDeclaration, scope: &Scope<'a>) -> Result<C
                 path: path.clone(),
                 source,
             })?;
-            Ok(Cow::Owned(bytes))
+            Ok((Cow::Owned(bytes), None))
         }
         ModuleSource::Builtin(name) => {
             let builtins = scope.builtin_guests;
@@ -113,12 +119,12 @@ fn component<'a>(declaration: &ModuleDeclaration, scope: &Scope<'a>) -> Result<C
                     name: name.clone(),
                     known: builtins.iter().map(|g| g.name).collect(),
                 })?;
-            Ok(Cow::Borrowed(guest.wasm))
+            Ok((Cow::Borrowed(guest.wasm), Some(guest.digest)))
         }
         // Opening the bundle made sure that every file its manifest names
         // is in it.
         ModuleSource::Bundled(file) => {
-            let bytes = scope.bundle.map(|bundle| Cow::Borrowed(bundle.file(file)));
+            let bytes = scope.bundle.map(|bundle| (Cow::Borrowed(bundle.file(file)), None));
             bytes.ok_or_else(|| ResolveError::NoBundle { module: module(), file: file.to_string() })
         }
     }

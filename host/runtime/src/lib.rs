@@ -205,6 +205,41 @@ pub struct ModuleSpec {
     pub config: BTreeMap<String, String>,
 }
 
+/// A component's bytes with their SHA-256, which names its compiled code
+/// and tells identical components apart.
+#[derive(Clone, Copy)]
+pub struct ComponentBytes<'a> {
+    wasm: &'a [u8],
+    digest: Sha256,
+}
+
+impl<'a> ComponentBytes<'a> {
+    /// `wasm`, hashed now.
+    pub fn new(wasm: &'a [u8]) -> Self {
+        ComponentBytes { wasm, digest: Sha256::of(wasm) }
+    }
+
+    /// `wasm` with the digest it was found to have before: a guest built
+    /// into the program, hashed once rather than once per module.
+    pub fn hashed(wasm: &'a [u8], digest: Sha256) -> Self {
+        debug_assert!(Sha256::of(wasm) == digest, "a component's digest is not that of its bytes");
+        ComponentBytes { wasm, digest }
+    }
+
+    pub fn digest(&self) -> Sha256 {
+        self.digest
+    }
+}
+
+/// What every module made from the same component shares: its compiled
+/// code, checked against the world and pre-instantiated once, and the
+/// limits it has been seen to start within. A thousand tenants running
+/// one guest hold it once.
+struct SharedGuest {
+    pre: GuestPre<GuestState>,
+    started_within: Mutex<Vec<ModuleLimits>>,
+}
+
 /// A compiled, pre-instantiated module, ready to serve requests. Its parts
 /// are shared, so that a request's store takes them without copying.
 pub struct GuestModule {
@@ -214,7 +249,7 @@ pub struct GuestModule {
     limits: ModuleLimits,
     config: Arc<BTreeMap<String, String>>,
     account: Arc<TenantAccount>,
-    pre: GuestPre<GuestState>,
+    guest: Arc<SharedGuest>,
 }
 
 impl GuestModule {
@@ -248,6 +283,10 @@ pub struct Runtime {
     live_instances: Arc<AtomicUsize>,
     instances_per_tenant: usize,
     tenants: Mutex<HashMap<String, Arc<TenantAccount>>>,
+    /// The compiled components that modules hold, by the component's
+    /// digest: a module made from a component another module already
+    /// uses takes that one, neither loading nor checking it again.
+    guests: Mutex<HashMap<Sha256, std::sync::Weak<SharedGuest>>>,
 }
 
 /// Feeds what a `Hash` implementation writes into SHA-256, so that the
@@ -316,6 +355,7 @@ impl Runtime {
             live_instances: Arc::new(AtomicUsize::new(0)),
             instances_per_tenant: config.instances_per_tenant.unwrap_or(max_instances).clamp(1, max_instances) as usize,
             tenants: Mutex::default(),
+            guests: Mutex::default(),
         })
     }
 
@@ -328,38 +368,58 @@ impl Runtime {
     /// with its limits. Compiling takes from milliseconds to seconds: do
     /// it once per module, not per request.
     pub fn load_module(&self, spec: ModuleSpec, wasm: &[u8]) -> Result<GuestModule, SetupError> {
-        let (component, _) = self.compile(&spec.id, wasm)?;
-        self.prepare(spec, &component)
+        self.load_component(spec, ComponentBytes::new(wasm), None).map(|(module, _)| module)
     }
 
-    /// As [`Runtime::load_module`], but keeps the compiled code in
-    /// `cache_dir`, keyed by the component's SHA-256 and the engine's
+    /// As [`Runtime::load_module`]; with `cache_dir`, keeps the compiled
+    /// code there, keyed by the component's SHA-256 and the engine's
     /// settings, and reuses it when it is there: a restart compiles
-    /// nothing. Says whether the cache had it.
-    pub fn load_module_cached(
+    /// nothing. A component a module already holds is neither loaded nor
+    /// checked again. Says whether the compiled code was there already, in
+    /// the cache or in another module.
+    pub fn load_component(
         &self,
         spec: ModuleSpec,
-        wasm: &[u8],
-        cache_dir: &Path,
+        component: ComponentBytes<'_>,
+        cache_dir: Option<&Path>,
     ) -> Result<(GuestModule, bool), SetupError> {
-        let path = cache_dir.join(format!("{}.cwasm", self.compiled_code_key(wasm)));
+        spec.limits.validate().map_err(|message| SetupError::Limits { module: spec.id.clone(), message })?;
+        if let Some(guest) = self.shared_guest(&component.digest) {
+            return Ok((self.prepare(spec, guest)?, true));
+        }
+        let (compiled, cached) = match cache_dir {
+            Some(dir) => self.compile_cached(&spec.id, component, dir)?,
+            None => (self.compile(&spec.id, component.wasm)?.0, false),
+        };
+        let guest = self.share(&spec.id, component.digest, &compiled)?;
+        Ok((self.prepare(spec, guest)?, cached))
+    }
+
+    /// The component compiled from the cache in `cache_dir`, or compiled
+    /// now and kept there; whether the cache had it.
+    fn compile_cached(
+        &self,
+        module: &str,
+        component: ComponentBytes<'_>,
+        cache_dir: &Path,
+    ) -> Result<(Component, bool), SetupError> {
+        let path = cache_dir.join(format!("{}.cwasm", self.compiled_code_key(&component.digest)));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with these settings (its name says so), into the
             // node's own data directory, which only the operator can write.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok((self.prepare(spec, &component)?, true)),
+                Ok(compiled) => return Ok((compiled, true)),
                 Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached code does not load: {e:#}"),
             }
         }
-        let (component, code) = self.compile(&spec.id, wasm)?;
+        let (compiled, code) = self.compile(module, component.wasm)?;
         let code = match code {
             Some(code) => code,
-            None => component
+            None => compiled
                 .serialize()
-                .map_err(|e| SetupError::Cache { module: spec.id.clone(), message: format!("{e:#}") })?,
+                .map_err(|e| SetupError::Cache { module: module.to_owned(), message: format!("{e:#}") })?,
         };
-        let module = self.prepare(spec, &component)?;
         // The cache only saves a restart's compiling: a module whose code
         // cannot be kept (a full disk) is served all the same.
         let partial = path.with_extension("partial");
@@ -368,24 +428,50 @@ impl Runtime {
             .and_then(|()| std::fs::rename(&partial, &path));
         if let Err(e) = kept {
             let _ = std::fs::remove_file(&partial);
-            tracing::warn!(module = %module.id, path = %path.display(), "compiled code not cached; a restart compiles it again: {e}");
+            tracing::warn!(%module, path = %path.display(), "compiled code not cached; a restart compiles it again: {e}");
         }
-        Ok((module, false))
+        Ok((compiled, false))
     }
 
-    /// Names the compiled code of `wasm` in the cache: the SHA-256 of the
-    /// engine's settings, which with wasmtime's default version strategy
-    /// include wasmtime's version, then of the component. Compiled code
-    /// loads only into an engine like the one that made it, and the name
-    /// is the same from one build of mantle to the next.
-    fn compiled_code_key(&self, wasm: &[u8]) -> Sha256 {
+    /// Names the compiled code of the component with `digest` in the
+    /// cache: the SHA-256 of the engine's settings, which with wasmtime's
+    /// default version strategy include wasmtime's version, then of the
+    /// component's digest. Compiled code loads only into an engine like the
+    /// one that made it, and the name is the same from one build of mantle
+    /// to the next.
+    fn compiled_code_key(&self, digest: &Sha256) -> Sha256 {
         use sha2::Digest;
         use std::hash::Hash;
         let mut settings = DigestHasher(sha2::Sha256::new());
         self.engine.precompile_compatibility_hash().hash(&mut settings);
         let mut key = settings.0;
-        key.update(wasm);
+        key.update(digest.0);
         Sha256(key.finalize().into())
+    }
+
+    /// The compiled component with `digest` that a module already holds.
+    fn shared_guest(&self, digest: &Sha256) -> Option<Arc<SharedGuest>> {
+        self.guests.lock().unwrap_or_else(PoisonError::into_inner).get(digest)?.upgrade()
+    }
+
+    /// Checks `component` against the world and pre-instantiates it, for
+    /// every module made from the component with `digest`.
+    fn share(&self, module: &str, digest: Sha256, component: &Component) -> Result<Arc<SharedGuest>, SetupError> {
+        let world = |e: wasmtime::Error| SetupError::World {
+            module: module.to_owned(),
+            message: Untrusted::new(format!("{e:#}")),
+        };
+        let instance_pre = self.linker.instantiate_pre(component).map_err(world)?;
+        let pre = GuestPre::new(instance_pre).map_err(world)?;
+        let made = Arc::new(SharedGuest { pre, started_within: Mutex::default() });
+        let mut guests = self.guests.lock().unwrap_or_else(PoisonError::into_inner);
+        // Components no module holds any more are forgotten here.
+        guests.retain(|_, guest| guest.strong_count() > 0);
+        if let Some(first) = guests.get(&digest).and_then(std::sync::Weak::upgrade) {
+            return Ok(first);
+        }
+        guests.insert(digest, Arc::downgrade(&made));
+        Ok(made)
     }
 
     /// Checks the component's shape, then compiles it here or in a child
@@ -423,31 +509,31 @@ impl Runtime {
         }
     }
 
-    /// Type-checks `component` against the world, then starts one instance
-    /// of it with the module's limits and drops it: a module that can never
-    /// start (a start function that traps, memory or data that does not fit
-    /// its limit) is refused now rather than on every request.
-    fn prepare(&self, spec: ModuleSpec, component: &Component) -> Result<GuestModule, SetupError> {
-        let module = spec.id.clone();
-        spec.limits.validate().map_err(|message| SetupError::Limits { module: module.clone(), message })?;
-        let world = |e: wasmtime::Error| SetupError::World {
-            module: module.clone(),
-            message: Untrusted::new(format!("{e:#}")),
-        };
-        let instance_pre = self.linker.instantiate_pre(component).map_err(world)?;
-        let pre = GuestPre::new(instance_pre).map_err(world)?;
+    /// Makes the module of `spec` around `guest`, and starts one instance
+    /// of it with the module's limits, unless one already started within
+    /// the same limits: a module that can never start (a start function
+    /// that traps, memory or data that does not fit its limit) is refused
+    /// now rather than on every request.
+    fn prepare(&self, spec: ModuleSpec, guest: Arc<SharedGuest>) -> Result<GuestModule, SetupError> {
         let account = self.tenant_account(&spec.tenant);
-        let guest = GuestModule {
+        let module = GuestModule {
             tenant: Arc::from(spec.tenant),
             id: Arc::from(spec.id),
             grants: Arc::new(Grants::new(spec.grants)),
             limits: spec.limits,
             config: Arc::new(spec.config),
             account,
-            pre,
+            guest,
         };
-        self.try_start(&guest)?;
-        Ok(guest)
+        let tried = |started: &[ModuleLimits]| started.contains(&module.limits);
+        if !tried(&module.guest.started_within.lock().unwrap_or_else(PoisonError::into_inner)) {
+            self.try_start(&module)?;
+            let mut started = module.guest.started_within.lock().unwrap_or_else(PoisonError::into_inner);
+            if !tried(&started) {
+                started.push(module.limits);
+            }
+        }
+        Ok(module)
     }
 
     fn tenant_account(&self, tenant: &str) -> Arc<TenantAccount> {
@@ -475,7 +561,7 @@ impl Runtime {
                     let mut store = self.new_store(module, LogTags::loading(&module.tenant, &module.id));
                     let limits = module.limits;
                     let instantiated =
-                        tokio::time::timeout(limits.deadline, module.pre.instantiate_async(&mut store)).await;
+                        tokio::time::timeout(limits.deadline, module.guest.pre.instantiate_async(&mut store)).await;
                     let outcome = match instantiated {
                         Err(_elapsed) => Err(HandleError::Deadline(limits.deadline)),
                         Ok(Ok(_)) => Ok(()),
@@ -537,7 +623,7 @@ impl Runtime {
         let mut store = self.new_store(module, tags);
         let started = Instant::now();
         let run = async {
-            let guest: Guest = module.pre.instantiate_async(&mut store).await.map_err(Failed::Starting)?;
+            let guest: Guest = module.guest.pre.instantiate_async(&mut store).await.map_err(Failed::Starting)?;
             guest.mantle_edge_handler().call_handle(&mut store, &request).await.map_err(Failed::Running)
         };
         // The epoch callback stops a guest that computes; this timeout also

@@ -1,7 +1,7 @@
 //! Hostile and curious guests: each is stopped or finds nothing, with a
 //! clear error, and the node keeps serving the next request.
 
-use mantle::runtime::{HandleError, ModuleLimits};
+use mantle::runtime::{HandleError, ModuleLimits, ModuleSpec};
 use mantle_tests::{Node, http_status, node, post, programs};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -205,4 +205,42 @@ async fn every_request_gets_a_fresh_instance() {
         let answer = node.call_json(&echo, post(Vec::new())).await;
         assert_eq!(answer["calls_in_this_instance"], 1, "state leaked between requests: {answer}");
     }
+}
+
+/// Modules of two tenants made from one component share its compiled
+/// code and nothing else: each sees its own tenant, configuration and
+/// grants, and no instance carries anything from one tenant to the other.
+#[tokio::test]
+async fn tenants_running_one_component_share_its_code_and_nothing_else() {
+    let node = node();
+    let spec = |tenant: &str, grants: &[&str]| ModuleSpec {
+        id: "shared".to_owned(),
+        tenant: tenant.to_owned(),
+        grants: grants.iter().map(|name| ((*name).to_owned(), node.model(name))).collect(),
+        limits: ModuleLimits::default(),
+        config: [("greeting".to_owned(), format!("hello from {tenant}'s operator"))].into(),
+    };
+    let echo = std::fs::read(programs::ECHO).expect("the echo guest");
+    let (first, _) = node.load_spec(spec("share-a", &[]), &echo);
+    let (second, shared) = node.load_spec(spec("share-b", &[]), &echo);
+    assert!(shared, "the second module of the same component compiled it again");
+    for _ in 0..3 {
+        for (module, tenant) in [(&first, "share-a"), (&second, "share-b")] {
+            let answer = node.call_json(module, post(Vec::new())).await;
+            assert_eq!(answer["tenant"], tenant, "{answer}");
+            assert_eq!(answer["greeting"], format!("hello from {tenant}'s operator"), "{answer}");
+            assert_eq!(answer["calls_in_this_instance"], 1, "an instance carried over: {answer}");
+        }
+    }
+
+    let prober = std::fs::read(programs::NN_PROBE).expect("the probe guest");
+    let (granted, _) = node.load_spec(spec("share-c", &["efficientnet-lite0"]), &prober);
+    let (ungranted, shared) = node.load_spec(spec("share-d", &[]), &prober);
+    assert!(shared);
+    let mut load = post(b"efficientnet-lite0".to_vec());
+    load.path = "/load-by-name".to_owned();
+    let loaded = node.call_json(&granted, load.clone()).await;
+    assert_eq!(loaded["loaded"], true, "{loaded}");
+    let refused = node.call_json(&ungranted, load).await;
+    assert_eq!(refused["code"], "security", "another tenant's grant came with the code: {refused}");
 }
