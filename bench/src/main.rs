@@ -27,6 +27,7 @@ use std::time::Instant;
 
 mod http_client;
 mod hyper_reference;
+mod memory;
 mod sandbox;
 
 /// The no-op guest's component, built by build.rs.
@@ -80,6 +81,9 @@ enum Measure {
     /// Serves `ok` to every request with hyper alone, printing its
     /// address: the reference for `http`.
     HyperReference,
+    /// Per model in `shapes`, the resident memory it adds as the node
+    /// holds it, loaded and after one inference, beside its file's size.
+    Memory { models_dir: PathBuf, shapes: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         Measure::Http { node, url, key, runs, reference } => http(&node, &url, &key, runs, reference.as_deref())?,
         Measure::Cpu => cpu(),
         Measure::HyperReference => hyper_reference::serve()?,
+        Measure::Memory { models_dir, shapes } => memory::models(&models_dir, &shapes)?,
     };
     println!("{report}");
     Ok(())
@@ -203,21 +208,25 @@ fn matmuls(models_dir: &Path, shapes: &Path) -> anyhow::Result<serde_json::Value
 /// A model to time and its inputs' shapes, from `bench/models.json`, which
 /// `bench/ort_time.py` reads too.
 #[derive(serde::Deserialize)]
-struct BenchedModel {
+pub(crate) struct BenchedModel {
     /// Dimensions fixed at load, for a model no example prepares.
     #[serde(default)]
     pinned: BTreeMap<String, usize>,
     inputs: BTreeMap<String, Vec<usize>>,
 }
 
-fn benched_models(shapes: &Path) -> anyhow::Result<BTreeMap<String, BenchedModel>> {
+pub(crate) fn benched_models(shapes: &Path) -> anyhow::Result<BTreeMap<String, BenchedModel>> {
     let text = std::fs::read_to_string(shapes).with_context(|| format!("reading {}", shapes.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", shapes.display()))
 }
 
 /// Loads a benchmarked model, prepared as the node prepares it when an
 /// example uses it, and zero inputs of the shapes `benched` gives.
-fn load(models_dir: &Path, name: &str, benched: &BenchedModel) -> anyhow::Result<(Model, Vec<(String, HostTensor)>)> {
+pub(crate) fn load(
+    models_dir: &Path,
+    name: &str,
+    benched: &BenchedModel,
+) -> anyhow::Result<(Model, Vec<(String, HostTensor)>)> {
     let options = match EXAMPLES.iter().find(|example| example.model == name) {
         Some(example) => example.load_options(),
         None => LoadOptions { pinned_dims: benched.pinned.clone() },

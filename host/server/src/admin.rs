@@ -2,6 +2,7 @@
 //! bundle as a new version of a tenant's deployment (and activate it), list
 //! deployments, activate an earlier version, delete a deployment.
 
+use super::allocator;
 use super::auth::{bearer_token, token_matches};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -186,7 +187,7 @@ impl DeployBuffers {
     fn mapped_apart() -> Self {
         let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if *in_flight == 0 {
-            set_allocator(libc_setting::MMAP_THRESHOLD, 1 << 20);
+            allocator::map_apart_from(1 << 20);
         }
         *in_flight += 1;
         DeployBuffers
@@ -200,38 +201,10 @@ impl Drop for DeployBuffers {
         if *in_flight > 0 {
             return;
         }
-        set_allocator(libc_setting::MMAP_THRESHOLD, 32 << 20);
-        set_allocator(libc_setting::TRIM_THRESHOLD, 64 << 20);
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free memory to the system; it
-        // has no preconditions and touches no memory in use.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        allocator::map_apart_from(32 << 20);
+        allocator::trim_past(64 << 20);
+        allocator::release_free_memory();
     }
-}
-
-/// glibc's `mallopt` parameters, or nothing where there is no glibc.
-mod libc_setting {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    pub const MMAP_THRESHOLD: i32 = libc::M_MMAP_THRESHOLD;
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    pub const TRIM_THRESHOLD: i32 = libc::M_TRIM_THRESHOLD;
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    pub const MMAP_THRESHOLD: i32 = 0;
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    pub const TRIM_THRESHOLD: i32 = 0;
-}
-
-fn set_allocator(setting: i32, bytes: i32) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt changes an allocator setting; it has no
-    // preconditions and may be called at any time, from any thread.
-    unsafe {
-        libc::mallopt(setting, bytes);
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = (setting, bytes);
 }
 
 /// A deployment as the operator lists it: what the store holds, and the

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod admission;
+pub mod allocator;
 pub mod auth;
 mod error;
 mod extract;

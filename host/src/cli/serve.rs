@@ -77,6 +77,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             data_dir.display()
         );
     }
+    // Loading models side by side left their scratch free in several
+    // arenas: about a third of the node's resident memory at this point.
+    mantle::server::allocator::release_free_memory();
     let tls = node.settings.tls.as_ref().map(tls::acceptor).transpose().context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
