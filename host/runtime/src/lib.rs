@@ -225,10 +225,6 @@ impl<'a> ComponentBytes<'a> {
         debug_assert!(Sha256::of(wasm) == digest, "a component's digest is not that of its bytes");
         ComponentBytes { wasm, digest }
     }
-
-    pub fn digest(&self) -> Sha256 {
-        self.digest
-    }
 }
 
 /// What every module made from the same component shares: its compiled
