@@ -108,14 +108,19 @@ impl Follow {
     /// artifact of it was deployed or refused since the node started, and
     /// the store restored nothing for the tenant either.
     fn pending(&self, node: &Node) -> Option<String> {
-        let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        if status.digest.is_some() || status.refused.is_some() {
-            return None;
-        }
+        let last_error = {
+            let status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            if status.digest.is_some() || status.refused.is_some() {
+                return None;
+            }
+            status.last_error.clone()
+        };
+        // The status lock is released: a probe never holds it while it
+        // reads what the tenant serves.
         if node.tenant(&self.tenant).is_some_and(|tenant| !tenant.active().is_empty()) {
             return None;
         }
-        Some(match &status.last_error {
+        Some(match last_error {
             Some(error) => format!("waiting for the first deployment of {}: {error}", self.text),
             None => format!("waiting for the first deployment of {}", self.text),
         })
