@@ -13,7 +13,9 @@ Measured so far:
   1. raw model time: tract in process (mantle-bench) against onnxruntime
      with one and with two threads, interleaved round by round;
   2. the cost of the sandbox: each example as the node runs it, against
-     the same handler compiled natively and calling the same models;
+     the same handler compiled natively and calling the same models; and
+     each example on a node that pre-initializes guests against one that
+     does not (`pre_initialize = false`);
   3. host overhead: a no-op guest over HTTP beside the node's /healthz, and
      a fresh no-op instance per call in process;
   4. serving: image-classify under load from wrk at concurrency 1 to 16,
@@ -135,9 +137,10 @@ def matmul_kernels(binaries):
     return table
 
 
-def sandbox_cost(binaries, runs):
+def sandbox_cost(binaries, runs, measure="sandbox"):
     """Milliseconds per request of each example, in the sandbox and natively,
-    taking turns (`mantle-bench sandbox`)."""
+    taking turns (`mantle-bench sandbox`); or from a snapshot and without
+    one (`mantle-bench snapshots`)."""
     with tempfile.TemporaryDirectory(prefix="mantle-bench-") as scratch:
         bodies = []
         for name, path in SAMPLES.items():
@@ -146,8 +149,41 @@ def sandbox_cost(binaries, runs):
                 text.write_bytes(TEXT_SAMPLE)
                 path = text
             bodies.append(f"{name}={ROOT / path}")
-        command = [str(binaries / "mantle-bench"), "sandbox", "models", str(runs), *bodies]
+        command = [str(binaries / "mantle-bench"), measure, "models", str(runs), *bodies]
         return json.loads(run(command, capture_output=True, text=True).stdout)
+
+
+def snapshot_lines(snapshots, runs):
+    """The subsection on pre-initialized guests."""
+    lines = [
+        "#### Pre-initialized guests",
+        "",
+        "Each example in the sandbox, as above, on two nodes built alike but for",
+        "`pre_initialize`: on the first, a guest that exports an initializer",
+        "(`mantle_guest::init!`) has it run once as its module is made, and every request's",
+        "instance starts from the memory snapshotted after it; the second runs no",
+        "initializer, so such a guest builds its state on every request. Only text-embed",
+        "exports one (it builds its WordPiece tokenizer there); the other two are the",
+        "control. The harness checks on every request that both nodes answer the same",
+        f"bytes. {runs} requests each after 3 to warm up, taking turns. Milliseconds.",
+        "",
+        "| example | snapshot p50 | p99 | no snapshot p50 | p99 | no snapshot ÷ snapshot |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return lines + paired_rows(snapshots, "snapshot_ms", "no_snapshot_ms", lambda a, b: b / a)
+
+
+def paired_rows(results, first, second, ratio):
+    """One table row per example: p50 and p99 of its `first` and `second`
+    series, then `ratio` of the two p50s."""
+    rows = []
+    for name, times in results.items():
+        a, b = times[first], times[second]
+        rows.append(
+            f"| {name} | {statistics.median(a):.1f} | {percentile(a, 99):.1f} "
+            f"| {statistics.median(b):.1f} | {percentile(b, 99):.1f} | {ratio(statistics.median(a), statistics.median(b)):.2f}× |"
+        )
+    return rows
 
 
 def free_port():
@@ -582,6 +618,8 @@ def main():
     profiles = json.loads(run(command, capture_output=True, text=True).stdout)
     print("sandbox", file=sys.stderr)
     sandboxed = sandbox_cost(binaries, args.runs)
+    print("pre-initialized guests", file=sys.stderr)
+    snapshots = sandbox_cost(binaries, args.runs, "snapshots")
     print("host overhead", file=sys.stderr)
     over_http, instantiate = host_overhead(binaries, args.requests)
     print("serving", file=sys.stderr)
@@ -690,13 +728,8 @@ def main():
         "| example | sandbox p50 | p99 | native p50 | p99 | sandbox ÷ native |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, times in sandboxed.items():
-        inside, native = times["sandbox_ms"], times["native_ms"]
-        ratio = statistics.median(inside) / statistics.median(native)
-        lines.append(
-            f"| {name} | {statistics.median(inside):.1f} | {percentile(inside, 99):.1f} "
-            f"| {statistics.median(native):.1f} | {percentile(native, 99):.1f} | {ratio:.2f}× |"
-        )
+    lines += paired_rows(sandboxed, "sandbox_ms", "native_ms", lambda a, b: a / b)
+    lines += [""] + snapshot_lines(snapshots, args.runs)
     lines += ["", "### Host overhead", ""] + host_overhead_lines(over_http, instantiate, args.requests)
     lines += [
         "",

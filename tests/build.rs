@@ -3,9 +3,12 @@
 
 include!("../guest/build_support.rs");
 
-const TEST_PROGRAMS: [&str; 9] = [
+const TEST_PROGRAMS: [&str; 12] = [
     "echo",
     "hostile",
+    "init-endless",
+    "init-panic",
+    "init-probe",
     "loop-forever",
     "memory-bomb",
     "nn-probe",

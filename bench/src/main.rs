@@ -62,6 +62,15 @@ enum Measure {
         #[arg(required = true, value_parser = example_body)]
         bodies: Vec<(String, PathBuf)>,
     },
+    /// Milliseconds per request of each example given as `NAME=BODY_FILE`,
+    /// in the sandbox: on a node that pre-initializes guests and on one
+    /// that does not, taking turns.
+    Snapshots {
+        models_dir: PathBuf,
+        runs: usize,
+        #[arg(required = true, value_parser = example_body)]
+        bodies: Vec<(String, PathBuf)>,
+    },
     /// Microseconds to instantiate the no-op guest and call its handler.
     Instantiate { runs: usize },
     /// Microseconds per request: the no-op guest at `url`, the node's
@@ -86,20 +95,25 @@ enum Measure {
     Memory { models_dir: PathBuf, shapes: PathBuf },
 }
 
+/// Each example's name with the body read from its file.
+fn read_bodies(bodies: Vec<(String, PathBuf)>) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    bodies
+        .into_iter()
+        .map(|(name, path)| {
+            let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((name, body))
+        })
+        .collect()
+}
+
 fn main() -> anyhow::Result<()> {
     let report = match Cli::parse().measure {
         Measure::Models { models_dir, shapes, runs } => models(&models_dir, &shapes, runs)?,
         Measure::Ops { models_dir, shapes, runs } => ops(&models_dir, &shapes, runs)?,
         Measure::Matmuls { models_dir, shapes } => matmuls(&models_dir, &shapes)?,
-        Measure::Sandbox { models_dir, runs, bodies } => {
-            let bodies = bodies
-                .into_iter()
-                .map(|(name, path)| {
-                    let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                    Ok((name, body))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            sandbox::measure(&models_dir, runs, &bodies)?
+        Measure::Sandbox { models_dir, runs, bodies } => sandbox::measure(&models_dir, runs, &read_bodies(bodies)?)?,
+        Measure::Snapshots { models_dir, runs, bodies } => {
+            sandbox::snapshots(&models_dir, runs, &read_bodies(bodies)?)?
         }
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs, reference } => http(&node, &url, &key, runs, reference.as_deref())?,

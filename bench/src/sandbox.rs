@@ -6,7 +6,7 @@
 use anyhow::Context;
 use mantle::examples::{self, DEMO_TENANT, EXAMPLES};
 use mantle::models::{ElementType, HostTensor, Model};
-use mantle::runtime::Request;
+use mantle::runtime::{GuestModule, Request};
 use mantle_guest::native::{Backend, Graph, Tensor};
 use mantle_guest::{ErrorCode, InferenceError, TensorType};
 use std::collections::BTreeMap;
@@ -53,13 +53,7 @@ pub fn measure(
             .with_context(|| format!("`{name}` is not a bundled example"))?;
         let native = native_handler(name).with_context(|| format!("`{name}` has no native build here"))?;
         let module = demo.module(example.name).with_context(|| format!("{name}: the node does not serve it"))?;
-        let request = Request {
-            method: "POST".to_owned(),
-            path: "/".to_owned(),
-            query: String::new(),
-            headers: Vec::new(),
-            body: body.clone(),
-        };
+        let request = post(body);
         let native_request = mantle_guest::Request {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -67,32 +61,97 @@ pub fn measure(
             headers: Vec::new(),
             body: body.clone(),
         };
-        let (mut sandboxed_ms, mut native_ms) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-        for round in 0..runs + 3 {
-            let started = Instant::now();
-            let sandboxed = executor
-                .block_on(runtime.handle(&module, request.clone(), "bench"))
-                .with_context(|| format!("{name} in the sandbox"))?;
-            let sandboxed_time = started.elapsed();
-            let started = Instant::now();
-            let answer = native(native_request.clone()).map_err(|e| anyhow::anyhow!("{name} natively: {e:?}"))?;
-            let native_time = started.elapsed();
-            anyhow::ensure!(
-                (sandboxed.status, &sandboxed.body) == (answer.status, &answer.body),
-                "{name}: the sandbox answered {} {:?}, the native build {} {:?}",
-                sandboxed.status,
-                String::from_utf8_lossy(&sandboxed.body),
-                answer.status,
-                String::from_utf8_lossy(&answer.body)
-            );
-            if round >= 3 {
-                sandboxed_ms.push(sandboxed_time.as_secs_f64() * 1e3);
-                native_ms.push(native_time.as_secs_f64() * 1e3);
-            }
-        }
+        let (sandboxed_ms, native_ms) = take_turns(
+            name,
+            ("the sandbox", "the native build"),
+            runs,
+            || {
+                let answer = executor.block_on(runtime.handle(&module, request.clone(), "bench"))?;
+                Ok((answer.status, answer.body))
+            },
+            || {
+                let answer = native(native_request.clone()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                Ok((answer.status, answer.body))
+            },
+        )?;
         report.insert(name.clone(), serde_json::json!({ "sandbox_ms": sandboxed_ms, "native_ms": native_ms }));
     }
     Ok(serde_json::Value::Object(report))
+}
+
+/// Per example named in `bodies`, milliseconds per request in the sandbox
+/// on a node that pre-initializes guests and on one that does not, taking
+/// turns, after three of each to warm up. Fails if the two ever answer
+/// differently, byte for byte.
+pub fn snapshots(
+    models_dir: &Path,
+    runs: usize,
+    bodies: &BTreeMap<String, Vec<u8>>,
+) -> anyhow::Result<serde_json::Value> {
+    let snapshotted = examples::examples_node(models_dir)?;
+    let from_scratch = examples::examples_node_with(models_dir, |settings| settings.pre_initialize = false)?;
+    let executor = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let mut report = serde_json::Map::new();
+    for (name, body) in bodies {
+        let module = |node: &mantle::node::Node| {
+            node.tenant(DEMO_TENANT)
+                .and_then(|demo| demo.module(name))
+                .with_context(|| format!("{name}: the node does not serve it"))
+        };
+        let (with, without) = (module(&snapshotted)?, module(&from_scratch)?);
+        let request = post(body);
+        let answer = |node: &'static str, runtime: &mantle::runtime::Runtime, module: &GuestModule| {
+            let response = executor.block_on(runtime.handle(module, request.clone(), node))?;
+            Ok((response.status, response.headers, response.body))
+        };
+        let (with_ms, without_ms) = take_turns(
+            name,
+            ("the snapshot", "the node without snapshots"),
+            runs,
+            || answer("snapshot", &snapshotted.runtime, &with),
+            || answer("no-snapshot", &from_scratch.runtime, &without),
+        )?;
+        report.insert(name.clone(), serde_json::json!({ "snapshot_ms": with_ms, "no_snapshot_ms": without_ms }));
+    }
+    Ok(serde_json::Value::Object(report))
+}
+
+/// A `POST /` with `body`, as a client of the example would send it.
+fn post(body: &[u8]) -> Request {
+    Request {
+        method: "POST".to_owned(),
+        path: "/".to_owned(),
+        query: String::new(),
+        headers: Vec::new(),
+        body: body.to_vec(),
+    }
+}
+
+/// Asks `first` and `second` in turn, `runs` times after 3 each to warm
+/// up, and returns the milliseconds each took; fails if they ever answer
+/// differently. `who` names the two in that message.
+fn take_turns<A: PartialEq + std::fmt::Debug>(
+    name: &str,
+    who: (&str, &str),
+    runs: usize,
+    mut first: impl FnMut() -> anyhow::Result<A>,
+    mut second: impl FnMut() -> anyhow::Result<A>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut first_ms, mut second_ms) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for round in 0..runs + 3 {
+        let started = Instant::now();
+        let a = first().with_context(|| format!("{name} in {}", who.0))?;
+        let first_time = started.elapsed();
+        let started = Instant::now();
+        let b = second().with_context(|| format!("{name} in {}", who.1))?;
+        let second_time = started.elapsed();
+        anyhow::ensure!(a == b, "{name}: {} answered {a:?}, {} {b:?}", who.0, who.1);
+        if round >= 3 {
+            first_ms.push(first_time.as_secs_f64() * 1e3);
+            second_ms.push(second_time.as_secs_f64() * 1e3);
+        }
+    }
+    Ok((first_ms, second_ms))
 }
 
 /// The loaded models, served to native guests by name.

@@ -2,7 +2,7 @@
 //! that a node can run the examples with no configuration at all.
 
 use mantle_manifest::module::{ModuleDeclaration, ModuleSource};
-use mantle_manifest::node::{ModelConfig, NodeConfig, RawNodeConfig, RawTenantConfig, TenantLimits};
+use mantle_manifest::node::{ModelConfig, NodeConfig, NodeSettings, RawNodeConfig, RawTenantConfig, TenantLimits};
 use mantle_models::LoadOptions;
 use mantle_node::{BuildOptions, BuiltinGuest, Node, NodeError};
 use mantle_types::{Grant, Id, Name};
@@ -78,6 +78,11 @@ pub fn builtin_guests() -> [BuiltinGuest; 3] {
 /// `models_dir`, and tenant `demo` running every example guest. The tenant
 /// takes requests that carry no key.
 pub fn examples_config(models_dir: &Path) -> NodeConfig {
+    examples_config_with(models_dir, NodeSettings::default())
+}
+
+/// [`examples_config`] with the node's `settings`.
+pub fn examples_config_with(models_dir: &Path, settings: NodeSettings) -> NodeConfig {
     // The examples' names are constants that are valid ids and names.
     let name = |text: &str| Name::new(text).expect("an example's model name is valid");
     let grant = |model: &str| Grant::every_version(name(model));
@@ -101,7 +106,7 @@ pub fn examples_config(models_dir: &Path) -> NodeConfig {
         })
         .collect();
     let raw = RawNodeConfig {
-        node: Default::default(),
+        node: settings,
         models,
         tenants: vec![RawTenantConfig {
             id: Id::new(DEMO_TENANT).expect("the demo tenant's name is a valid id"),
@@ -121,7 +126,14 @@ pub fn examples_config(models_dir: &Path) -> NodeConfig {
 /// guests compiled in this process: what `mantle demo`, the tests and the
 /// benchmarks run the examples on, built as `mantle serve` builds its node.
 pub fn examples_node(models_dir: &Path) -> Result<Node, NodeError> {
+    examples_node_with(models_dir, |_| {})
+}
+
+/// [`examples_node`], with its settings changed by `settle` first.
+pub fn examples_node_with(models_dir: &Path, settle: impl FnOnce(&mut NodeSettings)) -> Result<Node, NodeError> {
     let builtin_guests = builtin_guests();
     let options = BuildOptions { data_dir: None, compile_with: None, builtin_guests: &builtin_guests };
-    Node::build(&examples_config(models_dir), &options)
+    let mut settings = NodeSettings::default();
+    settle(&mut settings);
+    Node::build(&examples_config_with(models_dir, settings), &options)
 }

@@ -79,6 +79,10 @@ pub struct NodeSettings {
     /// How long compiling one guest may take, in milliseconds. A guest
     /// that takes longer is refused.
     pub compile_timeout_ms: u64,
+    /// Run the initializer of a guest that exports one when its module is
+    /// made, and start every request's instance from the snapshot taken
+    /// after it. Off, such guests build their state on each request.
+    pub pre_initialize: bool,
 }
 
 /// The certificate and key the node serves HTTPS with.
@@ -109,6 +113,7 @@ impl Default for NodeSettings {
             tls: None,
             compile_memory_mib: 2048,
             compile_timeout_ms: 120_000,
+            pre_initialize: true,
         }
     }
 }

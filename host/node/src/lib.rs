@@ -206,6 +206,7 @@ impl Node {
             instances_per_tenant: Some((settings.max_instances / tenants).max(1)),
             inference_threads: (settings.inference_threads > 0).then_some(settings.inference_threads),
             compiler,
+            pre_initialize: settings.pre_initialize,
         })?;
         // Each model loads and optimizes on one core, independently of the
         // others: loading them side by side shortens a node's start.

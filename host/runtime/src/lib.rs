@@ -5,6 +5,7 @@
 pub(crate) mod bindings;
 mod compiler;
 mod guest_output;
+mod initialize;
 mod limits;
 pub mod nn;
 pub mod precheck;
@@ -77,11 +78,21 @@ pub struct RuntimeConfig {
     /// Where components are compiled: `None` compiles in this process;
     /// a node compiles in a child process with bounded memory and time.
     pub compiler: Option<IsolatedCompiler>,
+    /// Pre-initialize components that export an initializer: run it once
+    /// as a module is made from the component, and start every instance
+    /// from the snapshot taken after it.
+    pub pre_initialize: bool,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_instances: 256, instances_per_tenant: None, inference_threads: None, compiler: None }
+        RuntimeConfig {
+            max_instances: 256,
+            instances_per_tenant: None,
+            inference_threads: None,
+            compiler: None,
+            pre_initialize: true,
+        }
     }
 }
 
@@ -106,6 +117,10 @@ pub enum SetupError {
     Limits { module: String, message: String },
     #[error("module `{module}` cannot start: {message}")]
     Start { module: String, message: Untrusted },
+    /// The component exports an initializer, and running it or taking the
+    /// snapshot after it failed.
+    #[error("module `{module}` cannot be pre-initialized: {message}")]
+    Initialize { module: String, message: Untrusted },
     #[error("module `{module}` could not be tried: {message}")]
     Busy { module: String, message: String },
     #[error("module `{module}`: the compiled-code cache failed: {message}")]
@@ -275,6 +290,7 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     pool: Arc<InferencePool>,
     compiler: Option<IsolatedCompiler>,
+    pre_initialize: bool,
     ticking: Arc<AtomicBool>,
     live_instances: Arc<AtomicUsize>,
     instances_per_tenant: usize,
@@ -347,6 +363,7 @@ impl Runtime {
             linker,
             pool,
             compiler: config.compiler.clone(),
+            pre_initialize: config.pre_initialize,
             ticking,
             live_instances: Arc::new(AtomicUsize::new(0)),
             instances_per_tenant: config.instances_per_tenant.unwrap_or(max_instances).clamp(1, max_instances) as usize,
@@ -384,8 +401,8 @@ impl Runtime {
             return Ok((self.prepare(spec, guest)?, true));
         }
         let (compiled, cached) = match cache_dir {
-            Some(dir) => self.compile_cached(&spec.id, component, dir)?,
-            None => (self.compile(&spec.id, component.wasm)?.0, false),
+            Some(dir) => self.compile_cached(&spec, component, dir)?,
+            None => (self.build(&spec, component.wasm)?.0, false),
         };
         let guest = self.share(&spec.id, component.digest, &compiled)?;
         Ok((self.prepare(spec, guest)?, cached))
@@ -395,11 +412,14 @@ impl Runtime {
     /// now and kept there; whether the cache had it.
     fn compile_cached(
         &self,
-        module: &str,
+        spec: &ModuleSpec,
         component: ComponentBytes<'_>,
         cache_dir: &Path,
     ) -> Result<(Component, bool), SetupError> {
-        let path = cache_dir.join(format!("{}.cwasm", self.compiled_code_key(&component.digest)));
+        let module = spec.id.as_str();
+        let initialized = self.initializes(component.wasm);
+        let key = self.compiled_code_key(&component.digest, initialized);
+        let path = cache_dir.join(format!("{key}.cwasm"));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with these settings (its name says so), into the
@@ -409,7 +429,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached code does not load: {e:#}"),
             }
         }
-        let (compiled, code) = self.compile(module, component.wasm)?;
+        let (compiled, code) = self.build(spec, component.wasm)?;
         let code = match code {
             Some(code) => code,
             None => compiled
@@ -432,16 +452,20 @@ impl Runtime {
     /// Names the compiled code of the component with `digest` in the
     /// cache: the SHA-256 of the engine's settings, which with wasmtime's
     /// default version strategy include wasmtime's version, then of the
-    /// component's digest. Compiled code loads only into an engine like the
-    /// one that made it, and the name is the same from one build of mantle
-    /// to the next.
-    fn compiled_code_key(&self, digest: &Sha256) -> Sha256 {
+    /// component's digest, and for a pre-initialized component a word
+    /// saying so. Compiled code loads only into an engine like the one that
+    /// made it, and the name is the same from one build of mantle to the
+    /// next.
+    fn compiled_code_key(&self, digest: &Sha256, initialized: bool) -> Sha256 {
         use sha2::Digest;
         use std::hash::Hash;
         let mut settings = DigestHasher(sha2::Sha256::new());
         self.engine.precompile_compatibility_hash().hash(&mut settings);
         let mut key = settings.0;
         key.update(digest.0);
+        if initialized {
+            key.update(b"pre-initialized");
+        }
         Sha256(key.finalize().into())
     }
 
@@ -468,6 +492,99 @@ impl Runtime {
         }
         guests.insert(digest, Arc::downgrade(&made));
         Ok(made)
+    }
+
+    /// Compiles `wasm` for the module of `spec`; first pre-initializes it,
+    /// if it exports an initializer. With the compiled code, when it was
+    /// compiled in a child process.
+    fn build(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<(Component, Option<Vec<u8>>), SetupError> {
+        if !self.initializes(wasm) {
+            return self.compile(&spec.id, wasm);
+        }
+        let started = Instant::now();
+        let snapshot = self.pre_initialize(spec, wasm)?;
+        tracing::info!(
+            tenant = %spec.tenant, module = %spec.id, elapsed = ?started.elapsed(), bytes = snapshot.len(),
+            "pre-initialized"
+        );
+        self.compile(&spec.id, &snapshot)
+    }
+
+    /// Whether `wasm` is pre-initialized here before it is compiled.
+    fn initializes(&self, wasm: &[u8]) -> bool {
+        self.pre_initialize && initialize::exports_initializer(wasm)
+    }
+
+    /// Runs the initializer of `wasm` once, in an instance with the limits
+    /// of `spec` but none of its grants or configuration (the snapshot is
+    /// shared by every module made from the component), and returns the
+    /// component snapshotted after it.
+    fn pre_initialize(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<Vec<u8>, SetupError> {
+        let refused =
+            |message: String| SetupError::Initialize { module: spec.id.clone(), message: Untrusted::new(message) };
+        // The same checks as compiling makes, before the bytes are rewritten.
+        check_component_header(wasm)
+            .map_err(|message| SetupError::Compile { module: spec.id.clone(), message: Untrusted::new(message) })?;
+        precheck::check(wasm, &ShapeLimits::default())
+            .map_err(|message| SetupError::TooExpensive { module: spec.id.clone(), message })?;
+        // On a thread of its own, as the trial instance: the caller may be
+        // an async task or a rayon worker; and a component the snapshot
+        // tool cannot handle fails that thread, not the node.
+        let outcome = std::thread::scope(|scope| scope.spawn(|| self.snapshot_initialized(spec, wasm)).join());
+        outcome.unwrap_or_else(|_| Err(refused("the snapshot tool failed on this component".to_owned())))
+    }
+
+    /// The body of [`Runtime::pre_initialize`], on a thread of its own.
+    fn snapshot_initialized(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<Vec<u8>, SetupError> {
+        let refused =
+            |message: String| SetupError::Initialize { module: spec.id.clone(), message: Untrusted::new(message) };
+        let world = |e: wasmtime::Error| SetupError::World {
+            module: spec.id.clone(),
+            message: Untrusted::new(format!("{e:#}")),
+        };
+        let (context, instrumented) = initialize::instrument(wasm).map_err(refused)?;
+        let (component, _) = self.compile(&spec.id, &instrumented)?;
+        let module = GuestModule {
+            tenant: Arc::from(spec.tenant.as_str()),
+            id: Arc::from(spec.id.as_str()),
+            grants: Arc::new(Grants::new(BTreeMap::new())),
+            limits: spec.limits,
+            config: Arc::default(),
+            account: self.tenant_account(&spec.tenant),
+            guest: Arc::new(SharedGuest {
+                pre: GuestPre::new(self.linker.instantiate_pre(&component).map_err(world)?).map_err(world)?,
+                started_within: Mutex::default(),
+            }),
+        };
+        let limits = module.limits;
+        let executor = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| SetupError::Engine(format!("cannot start the initializer: {e}")))?;
+        executor.block_on(async {
+            let mut store = self.new_store(&module, LogTags::loading(&module.tenant, &module.id));
+            store.data_mut().initializing = true;
+            let started = Instant::now();
+            let run = async {
+                let instance =
+                    module.guest.pre.instance_pre().instantiate_async(&mut store).await.map_err(Failed::Starting)?;
+                initialize::run_initializer(&mut store, &instance).await.map_err(Failed::Running)?;
+                Ok(instance)
+            };
+            let ran = tokio::time::timeout(limits.deadline + EPOCH_TICK * 2, run).await;
+            store.data().output.finish();
+            let instance = match ran {
+                Err(_elapsed) => Err(HandleError::Deadline(limits.deadline)),
+                Ok(Err(Failed::Starting(error))) => Err(instantiation_failure(&error, store.data(), &limits)),
+                Ok(Err(Failed::Running(trap))) => Err(classify_trap(&trap, store.data(), &limits, started.elapsed())),
+                Ok(Ok(instance)) => Ok(instance),
+            }
+            .map_err(|failure| match failure {
+                HandleError::Busy(message) => SetupError::Busy { module: spec.id.clone(), message },
+                other => refused(format!("its initializer failed: {other}")),
+            })?;
+            initialize::snapshot(&context, &mut store, instance).await.map_err(refused)
+        })
     }
 
     /// Checks the component's shape, then compiles it here or in a child
@@ -698,6 +815,7 @@ impl Runtime {
             output,
             tags,
             config: Arc::clone(&module.config),
+            initializing: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -19,6 +19,10 @@ pub(crate) struct GuestState {
     pub(crate) output: GuestOutput,
     pub(crate) tags: LogTags,
     pub(crate) config: Arc<BTreeMap<String, String>>,
+    /// The instance runs its initializer, whose snapshot every module made
+    /// from the component shares: it is told of no tenant, module or
+    /// request.
+    pub(crate) initializing: bool,
 }
 
 impl WasiView for GuestState {
@@ -29,15 +33,15 @@ impl WasiView for GuestState {
 
 impl context::Host for GuestState {
     fn tenant_id(&mut self) -> wasmtime::Result<String> {
-        Ok(self.tags.tenant.to_string())
+        Ok(if self.initializing { String::new() } else { self.tags.tenant.to_string() })
     }
 
     fn module_id(&mut self) -> wasmtime::Result<String> {
-        Ok(self.tags.module.to_string())
+        Ok(if self.initializing { String::new() } else { self.tags.module.to_string() })
     }
 
     fn request_id(&mut self) -> wasmtime::Result<String> {
-        Ok(self.tags.request_id.to_string())
+        Ok(if self.initializing { String::new() } else { self.tags.request_id.to_string() })
     }
 
     fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {

@@ -298,10 +298,19 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
     // 4. One node dies at once, and comes back.
     let killing = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
-    // HAProxy counts, per server, the requests the server aborted: those
-    // it had in flight when it died.
+    // HAProxy counts, per server, the requests that failed at the server:
+    // those it had in flight when it died. A request the node had not
+    // begun to answer is a response error (`eresp`), one it had is also
+    // an abort (`srv_abrt`), which HAProxy counts in `eresp` as well.
     let aborted = |haproxy: &Haproxy| -> Vec<u64> {
-        servers.iter().map(|(name, _)| haproxy.server_stats(name).get("srv_abrt").copied().unwrap_or(0)).collect()
+        servers
+            .iter()
+            .map(|(name, _)| {
+                let stats = haproxy.server_stats(name);
+                let count = |field: &str| stats.get(field).copied().unwrap_or(0);
+                count("eresp").max(count("srv_abrt"))
+            })
+            .collect()
     };
     let aborted_before = aborted(&haproxy);
     let victim = &mut members[1];

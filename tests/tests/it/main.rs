@@ -10,6 +10,7 @@ mod follow;
 mod hostile;
 mod hostile_node;
 mod image_classify;
+mod initialize;
 mod isolation;
 mod kubernetes;
 mod layers;
