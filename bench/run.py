@@ -28,7 +28,10 @@ Measured so far:
      (bench/follow.py, which also runs alone);
   7. tenants: start, memory and one tenant's latency under load with 1 to
      1,000 tenants running one guest (bench/tenants.py, which also runs
-     alone).
+     alone);
+  8. dynamic batching: image-classify and KServe at concurrency 8 and 16
+     with EfficientNet's batching off and on, and what a batch saves at
+     most in process (bench/batching.py, which also runs alone).
 
 The report has a section per CPU: a run replaces the section of the CPU it
 ran on (its model and vector features) and keeps the others, so that
@@ -296,10 +299,12 @@ end
 """
 
 
-def load(wrk_binary, script, url, body_path, concurrency, seconds):
-    """One wrk run: requests/s, p50 and p99 in ms, and the failures."""
+def load(wrk_binary, script, url, body_path, concurrency, seconds, env=None):
+    """One wrk run: requests/s, p50 and p99 in ms, and the failures. `env`
+    adds to what the script reads."""
     command = [wrk_binary, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url]
-    output = run(command, env={"MANTLE_BENCH_BODY": str(body_path)}, capture_output=True, text=True).stdout
+    env = {"MANTLE_BENCH_BODY": str(body_path), **(env or {})}
+    output = run(command, env=env, capture_output=True, text=True).stdout
     line = next(line for line in output.splitlines() if line.startswith("MANTLE "))
     requests, duration_us, p50_us, p99_us, failed = line.split()[1:]
     return {
@@ -334,14 +339,20 @@ def process_tree(pid):
 
 
 def wait_until_serving(port, path, body, started, limit=120):
+    wait_until(lambda: post(port, path, body) == 200, started, limit, f"nothing answered 200 on port {port}{path}")
+
+
+def wait_until(check, started, limit, failure):
+    """Calls `check` until it is true; past `limit` seconds from `started`,
+    fails saying `failure`."""
     while True:
         try:
-            if post(port, path, body) == 200:
+            if check():
                 return
         except OSError:
             pass
         if time.perf_counter() - started > limit:
-            raise RuntimeError(f"nothing answered 200 on port {port}{path} within {limit} s")
+            raise RuntimeError(f"{failure} within {limit} s")
         time.sleep(0.05)
 
 
@@ -643,6 +654,11 @@ def main():
     tenant_sizes = [1, 10, 100, 1000]
     scaled = tenants.measure(binaries, tenant_sizes, args.starts, args.tenant_requests, args.rounds)
 
+    print("dynamic batching", file=sys.stderr)
+    import batching  # it builds on this module's helpers
+
+    batched = batching.measure(binaries, args.seconds, args.rounds)
+
     heading = SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
     lowered = "" if cpu["chosen"] == cpu["detected"] else f", lowered from {cpu['detected']} by MANTLE_CPU_KERNELS"
     lines = [
@@ -803,6 +819,7 @@ def main():
     ]
     lines += follow.section(followed, args.follow_rounds)
     lines += tenants.section(scaled, args.starts, args.tenant_requests, args.rounds)
+    lines += batching.section(batched, args.seconds, args.rounds)
     report = "\n".join(lines)
     write_report(heading, report)
     print(report)

@@ -7,7 +7,9 @@
 //! - `matmuls`: each model's matrix products, with the kernel tract chose
 //!   here and the one it would choose on AVX2 and on AVX-512 machines;
 //! - `sandbox`: each example in the sandbox against the same handler
-//!   compiled natively;
+//!   compiled natively; `snapshots`: each on a node that pre-initializes
+//!   guests against one that does not;
+//! - `batch-ceiling`: N inferences alone against one batch of N;
 //! - `instantiate`: a fresh instance of the no-op guest per call, as the
 //!   node makes one per request;
 //! - `http`: requests over one keep-alive connection to a running node;
@@ -25,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod batch_ceiling;
 mod http_client;
 mod hyper_reference;
 mod memory;
@@ -71,6 +74,14 @@ enum Measure {
         #[arg(required = true, value_parser = example_body)]
         bodies: Vec<(String, PathBuf)>,
     },
+    /// Per model named, milliseconds for N inferences one at a time
+    /// against one batch of N, each on the plan optimized for its size.
+    BatchCeiling {
+        models_dir: PathBuf,
+        shapes: PathBuf,
+        #[arg(required = true)]
+        models: Vec<String>,
+    },
     /// Microseconds to instantiate the no-op guest and call its handler.
     Instantiate { runs: usize },
     /// Microseconds per request: the no-op guest at `url`, the node's
@@ -114,6 +125,9 @@ fn main() -> anyhow::Result<()> {
         Measure::Sandbox { models_dir, runs, bodies } => sandbox::measure(&models_dir, runs, &read_bodies(bodies)?)?,
         Measure::Snapshots { models_dir, runs, bodies } => {
             sandbox::snapshots(&models_dir, runs, &read_bodies(bodies)?)?
+        }
+        Measure::BatchCeiling { models_dir, shapes, models } => {
+            batch_ceiling::measure(&models_dir, &benched_models(&shapes)?, &models)?
         }
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs, reference } => http(&node, &url, &key, runs, reference.as_deref())?,
@@ -243,7 +257,7 @@ pub(crate) fn load(
 ) -> anyhow::Result<(Model, Vec<(String, HostTensor)>)> {
     let options = match EXAMPLES.iter().find(|example| example.model == name) {
         Some(example) => example.load_options(),
-        None => LoadOptions { pinned_dims: benched.pinned.clone() },
+        None => LoadOptions { pinned_dims: benched.pinned.clone(), batching: None },
     };
     let model = Model::load(name, &models_dir.join(name).join("model.onnx"), &options)?;
     let inputs = model

@@ -65,7 +65,10 @@ impl Example {
 
     /// How the example's model is prepared at load.
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions { pinned_dims: self.pinned_dims.iter().map(|&(dim, size)| (dim.to_owned(), size)).collect() }
+        LoadOptions {
+            pinned_dims: self.pinned_dims.iter().map(|&(dim, size)| (dim.to_owned(), size)).collect(),
+            batching: None,
+        }
     }
 }
 
@@ -93,6 +96,8 @@ pub fn examples_config_with(models_dir: &Path, settings: NodeSettings) -> NodeCo
             version: Name::first_version(),
             path: example.model_path(models_dir),
             pin: example.load_options().pinned_dims,
+            max_batch: 1,
+            max_queue_delay_us: 0,
         })
         .collect();
     let modules = EXAMPLES

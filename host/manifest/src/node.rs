@@ -130,7 +130,26 @@ pub struct ModelConfig {
     /// Named input dimensions fixed before optimizing, e.g. `{ N = 1 }`.
     #[serde(default)]
     pub pin: BTreeMap<String, usize>,
+    /// Most concurrent runs (each one row of the dimension pinned to 1)
+    /// stacked into one; 1, the default, runs each alone.
+    #[serde(default = "one")]
+    pub max_batch: usize,
+    /// How long a batch that is not full may wait for more runs once a
+    /// thread is free for it, in microseconds.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// The largest `max_batch` a model may have: each batch size up to it
+/// that is a power of two gets a plan of its own.
+pub const MAX_BATCH: usize = 64;
+
+/// The longest `max_queue_delay_us`: a second.
+pub const MAX_QUEUE_DELAY_US: u64 = 1_000_000;
 
 /// A tenant, checked: who may call, what it may reach, and how much it may
 /// use.
@@ -483,6 +502,12 @@ fn check(config: &RawNodeConfig) -> Result<(), String> {
     for model in &config.models {
         if !models.insert((model.name.as_str(), model.version.as_str())) {
             return Err(format!("model `{}` version `{}` is configured twice", model.name, model.version));
+        }
+        if !(1..=MAX_BATCH).contains(&model.max_batch) {
+            return Err(format!("model `{}`: max_batch must be from 1 to {MAX_BATCH}", model.name));
+        }
+        if model.max_queue_delay_us > MAX_QUEUE_DELAY_US {
+            return Err(format!("model `{}`: max_queue_delay_us must be at most {MAX_QUEUE_DELAY_US}", model.name));
         }
     }
     if config.tenants.iter().filter(|t| t.open).count() > 1 {

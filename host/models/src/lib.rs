@@ -4,12 +4,14 @@
 //! Nothing here knows about tenants, guests or HTTP: a [`Model`] takes named
 //! [`HostTensor`]s and returns named [`HostTensor`]s.
 
+mod batch;
 mod convolution;
 mod depthwise;
 mod pool;
 mod simd;
 mod tensor;
 
+pub use batch::{BatchPolicy, BatchStats, infer};
 pub use pool::{InferencePool, PoolError};
 pub use simd::{Level as KernelLevel, cpu_description};
 
@@ -79,6 +81,9 @@ pub struct LoadOptions {
     /// dimension `N` = 1. tract optimizes a fully known shape much better;
     /// inputs must then have exactly that size.
     pub pinned_dims: BTreeMap<String, usize>,
+    /// Batch concurrent runs along the dimension pinned to 1 (see
+    /// [`infer`]); `None`, or a `max_batch` of 1, runs each alone.
+    pub batching: Option<BatchPolicy>,
 }
 
 /// One dimension of a model input as the model declares it.
@@ -151,6 +156,8 @@ pub struct Model {
     /// A moving average of its inferences' durations, in nanoseconds; zero
     /// until it has run.
     typical_run_nanos: AtomicU64,
+    /// Its plans for batches, when it batches.
+    batching: Option<Box<batch::Batching>>,
 }
 
 /// Inferences that usually take less than this are [quick](Model::runs_quickly).
@@ -222,7 +229,24 @@ impl Model {
         let typed = own_convolutions(name, typed);
         let optimized = typed.into_optimized().map_err(|e| parse("optimizing", e))?;
         let plan = optimized.into_runnable().map_err(|e| parse("planning", e))?;
-        Ok(Model { name: name.to_owned(), plan, inputs, outputs, typical_run_nanos: AtomicU64::new(0) })
+        let mut model = Model {
+            name: name.to_owned(),
+            plan,
+            inputs,
+            outputs,
+            typical_run_nanos: AtomicU64::new(0),
+            batching: None,
+        };
+        if let Some(policy) = options.batching.filter(|policy| policy.max_batch > 1) {
+            model.batching = Some(Box::new(batch_plans(name, bytes, options, policy)?));
+        }
+        Ok(model)
+    }
+
+    /// How many batches of more than one run it has computed, and their
+    /// rows; `None` if it does not batch.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.batching.as_deref().map(batch::Batching::stats)
     }
 
     pub fn name(&self) -> &str {
@@ -406,6 +430,17 @@ impl Model {
         Ok(ops)
     }
 
+    /// `inputs`, checked, in the order the plan takes them.
+    fn in_order(&self, inputs: Vec<(String, HostTensor)>) -> Vec<HostTensor> {
+        let mut by_name: HashMap<String, HostTensor> = inputs.into_iter().collect();
+        self.inputs.iter().filter_map(|spec| by_name.remove(&spec.name)).collect()
+    }
+
+    /// Tensors in the plan's order, named as its inputs.
+    fn named(&self, tensors: Vec<HostTensor>) -> Vec<(String, HostTensor)> {
+        self.inputs.iter().map(|spec| spec.name.clone()).zip(tensors).collect()
+    }
+
     /// The inputs in the order the plan takes them, as tract values.
     fn ordered_inputs(&self, inputs: Vec<(String, HostTensor)>) -> Result<TVec<TValue>, RunError> {
         self.check_inputs(&inputs)?;
@@ -425,6 +460,46 @@ impl Model {
         let names: Vec<String> = self.inputs.iter().map(|s| format!("`{}`", s.name)).collect();
         names.join(", ")
     }
+}
+
+/// The model in `bytes` optimized for batches of 2, 4, 8... up to
+/// `policy.max_batch` rows along its dimension pinned to 1, which every
+/// input and output must begin with.
+fn batch_plans(
+    name: &str,
+    bytes: &[u8],
+    options: &LoadOptions,
+    policy: BatchPolicy,
+) -> Result<batch::Batching, LoadError> {
+    let unbatchable = |message: String| LoadError::Unsupported {
+        name: name.to_owned(),
+        message: format!("cannot batch it (max_batch = {}): {message}", policy.max_batch),
+    };
+    let ones: Vec<&String> = options.pinned_dims.iter().filter(|(_, size)| **size == 1).map(|(dim, _)| dim).collect();
+    let dimension = match ones.as_slice() {
+        [one] => (*one).clone(),
+        [] => return Err(unbatchable("pin its batch dimension to 1, e.g. `pin = { N = 1 }`".to_owned())),
+        _ => return Err(unbatchable(format!("it pins several dimensions to 1 ({ones:?}); which is the batch?"))),
+    };
+    let mut sizes: Vec<usize> =
+        std::iter::successors(Some(2usize), |n| n.checked_mul(2)).take_while(|n| *n < policy.max_batch).collect();
+    sizes.push(policy.max_batch);
+    let mut plans = Vec::with_capacity(sizes.len());
+    for size in sizes {
+        let mut pinned_dims = options.pinned_dims.clone();
+        pinned_dims.insert(dimension.clone(), size);
+        let plan = Model::from_bytes(name, bytes, &LoadOptions { pinned_dims, batching: None })?;
+        let leads = |shape: &[Dim]| shape.first() == Some(&Dim::Fixed(size));
+        if let Some(input) = plan.inputs.iter().find(|input| !leads(&input.shape)) {
+            return Err(unbatchable(format!("input `{}` does not begin with `{dimension}`", input.name)));
+        }
+        if let Some(output) = plan.outputs.iter().find(|output| !leads(&output.shape)) {
+            return Err(unbatchable(format!("output `{}` does not begin with `{dimension}`", output.name)));
+        }
+        plans.push((size, plan));
+    }
+    tracing::info!(model = %name, along = %dimension, max_batch = policy.max_batch, "batching");
+    Ok(batch::Batching::new(policy, plans))
 }
 
 /// Runs convolutions channel-last (NHWC), with tract's own `conv_nhwc`

@@ -269,7 +269,7 @@ impl Node {
             .map(|model| {
                 // The manifest's digest was checked against the file when
                 // the bundle was opened; the cache keys by the bytes.
-                let options = LoadOptions { pinned_dims: model.pin.clone() };
+                let options = LoadOptions { pinned_dims: model.pin.clone(), batching: None };
                 let (loaded, _) = self
                     .models
                     .get_or_load(model.name.as_str(), bundle.file(&model.file), &options)

@@ -16,7 +16,7 @@ pub use model_cache::ModelCache;
 use deploy::Active;
 use ed25519_dalek::VerifyingKey;
 use mantle_manifest::node::{ModelConfig, NodeConfig, NodeSettings, TenantConfig, TenantLimits};
-use mantle_models::{LoadError, LoadOptions, Model};
+use mantle_models::{BatchPolicy, LoadError, LoadOptions, Model};
 use mantle_runtime::{GuestModule, IsolatedCompiler, Runtime, RuntimeConfig, SetupError};
 use mantle_types::Sha256;
 use rayon::prelude::*;
@@ -261,7 +261,13 @@ impl Node {
 }
 
 fn load_model(models: &ModelCache, config: &ModelConfig) -> Result<Arc<HeldModel>, LoadError> {
-    let options = LoadOptions { pinned_dims: config.pin.clone() };
+    let options = LoadOptions {
+        pinned_dims: config.pin.clone(),
+        batching: (config.max_batch > 1).then(|| BatchPolicy {
+            max_batch: config.max_batch,
+            max_queue_delay: std::time::Duration::from_micros(config.max_queue_delay_us),
+        }),
+    };
     let model = models.get_or_load_file(config.name.as_str(), &config.path, &options)?;
     Ok(Arc::new(HeldModel { name: config.name.to_string(), version: config.version.to_string(), model }))
 }

@@ -3,15 +3,16 @@
 //! `node.toml` and any number of bundles of any tenants name is read,
 //! optimized and held once.
 
-use mantle_models::{LoadError, LoadOptions, Model, read_model_file};
+use mantle_models::{BatchPolicy, LoadError, LoadOptions, Model, read_model_file};
 use mantle_types::Sha256;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-/// What makes two loaded models the same: the file's bytes and the pins.
-type ModelKey = (Sha256, BTreeMap<String, usize>);
+/// What makes two loaded models the same: the file's bytes, the pins and
+/// how it batches.
+type ModelKey = (Sha256, BTreeMap<String, usize>, Option<BatchPolicy>);
 
 /// The models the node holds, each once. Entries are weak: a model lives
 /// as long as a tenant's configuration or an active deployment uses it.
@@ -47,7 +48,7 @@ impl ModelCache {
             slots.retain(|_, slot| {
                 Arc::strong_count(slot) > 1 || slot.lock().unwrap_or_else(PoisonError::into_inner).strong_count() > 0
             });
-            Arc::clone(slots.entry((digest, options.pinned_dims.clone())).or_default())
+            Arc::clone(slots.entry((digest, options.pinned_dims.clone(), options.batching)).or_default())
         };
         let mut held = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(model) = held.upgrade() {

@@ -778,8 +778,7 @@ impl Runtime {
         deadline: Duration,
     ) -> Result<Vec<(String, HostTensor)>, InferError> {
         model.check_inputs(&inputs).map_err(|e| InferError::InvalidInput(e.to_string()))?;
-        let job_model = Arc::clone(model);
-        let job = self.pool.run(Arc::from(tenant), Instant::now() + deadline, move || job_model.run(inputs));
+        let job = mantle_models::infer(&self.pool, Arc::from(tenant), Instant::now() + deadline, model, inputs);
         match tokio::time::timeout(deadline, job).await {
             Err(_) | Ok(Err(PoolError::Expired)) => Err(InferError::Deadline(deadline)),
             Ok(Ok(Ok(outputs))) => Ok(outputs),

@@ -234,13 +234,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
         // Model::run checks names, types and shapes before computing.
         let started = Instant::now();
-        let outcome = if model.runs_quickly() {
-            InferencePool::run_here(|| model.run(host_inputs))
-        } else {
-            let job_model = Arc::clone(&model);
-            let (tenant, deadline) = (Arc::clone(&self.ctx.tenant), self.ctx.deadline);
-            self.ctx.pool.run(tenant, deadline, move || job_model.run(host_inputs)).await
-        };
+        let (tenant, deadline) = (Arc::clone(&self.ctx.tenant), self.ctx.deadline);
+        let outcome = mantle_models::infer(&self.ctx.pool, tenant, deadline, &model, host_inputs).await;
         self.ctx.inferences.push((Arc::clone(&model_name), started.elapsed()));
         let outputs = match outcome {
             Ok(Ok(outputs)) => outputs,

@@ -138,6 +138,7 @@ fn from_module(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Pa
                 .filter(|(model, ..)| model == name)
                 .map(|(_, dim, size)| (dim.clone(), *size))
                 .collect(),
+            batching: None,
         };
         let model = models.get_or_load_file(name, model_path.as_ref(), &options)?;
         held.push(Arc::new(HeldModel { name: name.clone(), version: Name::first_version().to_string(), model }));
@@ -209,7 +210,7 @@ fn from_bundle(
         if !module.models.iter().any(|g| g.covers(model.name.as_str(), model.version.as_str())) {
             continue;
         }
-        let options = LoadOptions { pinned_dims: model.pin.clone() };
+        let options = LoadOptions { pinned_dims: model.pin.clone(), batching: None };
         let (loaded, _) = models.get_or_load(model.name.as_str(), bundle.file(&model.file), &options)?;
         held.push(Arc::new(HeldModel {
             name: model.name.to_string(),

@@ -2,6 +2,7 @@
 //! runs real components on real models.
 
 mod bad_input;
+mod batching;
 mod bundle;
 mod cli;
 mod deploy;

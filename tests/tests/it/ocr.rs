@@ -10,7 +10,8 @@ use mantle_tests::repo_root;
 fn the_recognizer_reads_a_rendered_line_of_text() {
     let models = repo_root().join("models");
     let pins = [("p2o.DynamicDimension.0", 1), ("x_2", 48), ("p2o.DynamicDimension.1", 320)];
-    let options = LoadOptions { pinned_dims: pins.iter().map(|&(name, size)| (name.to_owned(), size)).collect() };
+    let options =
+        LoadOptions { pinned_dims: pins.iter().map(|&(name, size)| (name.to_owned(), size)).collect(), batching: None };
     let model = Model::load("ppocr-rec", &models.join("ppocr-rec/model.onnx"), &options).expect("the recognizer loads");
 
     let line = image::open(models.join("samples/text_line.png")).expect("the sample decodes").to_rgb8();
