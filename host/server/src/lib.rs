@@ -125,7 +125,6 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(bounded_headers))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&server), observe))
         .with_state(server)
 }
@@ -231,9 +230,10 @@ async fn until(deadline: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
     }
 }
 
-/// Tags each request with an id; logs and counts it as its tenant's, or as
-/// the operator's. Probes and scrapes (`/healthz`, `/readyz`, `/metrics`)
-/// are logged at debug only.
+/// Tags each request with an id, refuses an oversized header block, and
+/// logs and counts the request as its tenant's, or as the operator's.
+/// Probes and scrapes (`/healthz`, `/readyz`, `/metrics`) are logged at
+/// debug only.
 async fn observe(State(server): Shared, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request
@@ -246,7 +246,11 @@ async fn observe(State(server): Shared, mut request: Request, next: Next) -> Res
     let path = request.uri().path().to_owned();
     request.extensions_mut().insert(RequestId(Arc::from(id.as_str())));
     let span = tracing::info_span!("request", id = %id);
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // One layer for both: each layer costs every request a boxed future.
+    let mut response = match oversized_headers(&request) {
+        Some(refused) => refused,
+        None => next.run(request).instrument(span.clone()).await,
+    };
     let elapsed = started.elapsed();
     let status = response.status();
     let elapsed_ms = format_args!("{:.1}", elapsed.as_secs_f64() * 1e3);
@@ -317,15 +321,14 @@ async fn method_not_allowed(method: axum::http::Method) -> Response {
     charged("", "", ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("this endpoint does not take {method}")))
 }
 
-/// Refuses a request whose header block is larger than
+/// The refusal of a request whose header block is larger than
 /// [`MAX_HEADER_BYTES`]: 431, before any handler reads it.
-async fn bounded_headers(request: Request, next: Next) -> Response {
+fn oversized_headers(request: &Request) -> Option<Response> {
     let size: usize = request.uri().path_and_query().map_or(0, |p| p.as_str().len())
         + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
-    if size > MAX_HEADER_BYTES {
+    (size > MAX_HEADER_BYTES).then(|| {
         let message =
             format!("the request line and headers are {size} bytes; the node reads at most {MAX_HEADER_BYTES}");
-        return charged("", "", ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message));
-    }
-    next.run(request).await
+        charged("", "", ApiError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message))
+    })
 }
