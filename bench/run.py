@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """mantle's benchmark harness. One command, from the repository root:
 
-    python3 bench/run.py [--profile release|dev] [--runs N]
+    python3 bench/run.py [--profile release|dev] [--runs N] [--only-snapshots]
 
 It builds mantle, installs the alternatives (bench/requirements.txt) into a
 virtual environment under target/, measures everything side by side in one
@@ -156,12 +156,15 @@ def sandbox_cost(binaries, runs, measure="sandbox"):
         return json.loads(run(command, capture_output=True, text=True).stdout)
 
 
+SNAPSHOTS = "### Pre-initialized guests"
+
+
 def snapshot_lines(snapshots, runs):
     """The subsection on pre-initialized guests."""
     lines = [
-        "#### Pre-initialized guests",
+        SNAPSHOTS,
         "",
-        "Each example in the sandbox, as above, on two nodes built alike but for",
+        "Each example in the sandbox (as in \"The cost of the sandbox\") on two nodes alike but for",
         "`pre_initialize`: on the first, a guest that exports an initializer",
         "(`mantle_guest::init!`) has it run once as its module is made, and every request's",
         "instance starts from the memory snapshotted after it; the second runs no",
@@ -611,9 +614,20 @@ def main():
     parser.add_argument(
         "--tenant-requests", type=int, default=200, help="one tenant's timed requests per tenant count (default: 200)"
     )
+    parser.add_argument(
+        "--only-snapshots", action="store_true",
+        help="measure only the pre-initialized guests, and replace that subsection of the report",
+    )
     args = parser.parse_args()
 
     binaries = build(args.profile)
+    if args.only_snapshots:
+        cpu = json.loads(run([str(binaries / "mantle-bench"), "cpu"], capture_output=True, text=True).stdout)
+        lines = snapshot_lines(sandbox_cost(binaries, args.runs, "snapshots"), args.runs) + [""]
+        print("\n".join(lines))
+        heading = SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
+        splice_subsection(heading, SNAPSHOTS, "bench/run.py --only-snapshots", cpu, args.profile, lines)
+        return
     python = venv()
     ort_version = subprocess.run(
         [str(python), "-c", "import onnxruntime; print(onnxruntime.__version__)"], capture_output=True, text=True
