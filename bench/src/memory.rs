@@ -21,6 +21,19 @@ fn resident_bytes() -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Bytes the allocator has handed out and not had back: what the program
+/// holds, whatever pages it is spread over.
+fn allocated_bytes() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let info = unsafe { libc::mallinfo2() };
+        (info.uordblks + info.hblkhd) as u64
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
 pub fn models(models_dir: &Path, shapes: &Path) -> anyhow::Result<serde_json::Value> {
     let mut report = serde_json::Map::new();
     let mut held = Vec::new();
@@ -28,8 +41,10 @@ pub fn models(models_dir: &Path, shapes: &Path) -> anyhow::Result<serde_json::Va
     for (name, benched) in crate::benched_models(shapes)? {
         let file = std::fs::metadata(models_dir.join(&name).join("model.onnx"))?.len();
         let before = resident_bytes()?;
+        let allocated_before = allocated_bytes();
         let (model, inputs) = crate::load(models_dir, &name, &benched)?;
         let loaded = resident_bytes()?;
+        let allocated = allocated_bytes().saturating_sub(allocated_before);
         model.run(inputs)?;
         let ran = resident_bytes()?;
         report.insert(
@@ -37,6 +52,7 @@ pub fn models(models_dir: &Path, shapes: &Path) -> anyhow::Result<serde_json::Va
             serde_json::json!({
                 "file_bytes": file,
                 "loaded_bytes": loaded.saturating_sub(before),
+                "allocated_bytes": allocated,
                 "after_run_bytes": ran.saturating_sub(before),
             }),
         );

@@ -204,6 +204,8 @@ impl Drop for DeployBuffers {
         allocator::map_apart_from(32 << 20);
         allocator::trim_past(64 << 20);
         allocator::release_free_memory();
+        // And the code that loaded its models, as after start-up.
+        crate::code_pages::release();
     }
 }
 

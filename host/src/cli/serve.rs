@@ -80,6 +80,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     // Loading models side by side left their scratch free in several
     // arenas: about a third of the node's resident memory at this point.
     mantle::server::allocator::release_free_memory();
+    // So did the code that loaded them, which serving does not run.
+    let released = mantle::server::code_pages::release();
+    tracing::debug!(bytes = released, "released the resident pages of the node's code");
     let tls = node.settings.tls.as_ref().map(tls::acceptor).transpose().context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
