@@ -332,6 +332,32 @@ def memory_kib(pids, field):
     return total
 
 
+def resident_breakdown(pid):
+    """Where a process's resident memory is, in KiB, from its smaps:
+    anonymous read-write memory (the heap with the models, guests' pool
+    slots), anonymous read-only memory (guests compiled in this process),
+    the program's own code and its data, and other files."""
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    groups = {"anonymous, read-write": 0, "anonymous, not writable (guests compiled by this run)": 0, "the binary's code": 0,
+              "the binary's read-only data and data": 0, "other files (libraries, guests' cached compiled code)": 0}
+    kind = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+            perms, path = fields[1], (fields[5] if len(fields) > 5 else "")
+            if path == exe:
+                kind = "the binary's code" if "x" in perms else "the binary's read-only data and data"
+            elif path and not path.startswith("["):
+                kind = "other files (libraries, guests' cached compiled code)"
+            elif "w" in perms:
+                kind = "anonymous, read-write"
+            else:
+                kind = "anonymous, not writable (guests compiled by this run)"
+        elif fields and fields[0] == "Rss:" and kind:
+            groups[kind] += int(fields[1])
+    return groups
+
+
 def process_tree(pid):
     """`pid` and its children (uvicorn's workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
@@ -432,6 +458,7 @@ def serving(binaries, python, seconds, rounds):
             pids = {name: [pid for process in processes for pid in process_tree(process.pid)]
                     for name, (processes, _) in running.items()}
             idle = {name: {"rss": memory_kib(p, "VmRSS"), "pss": memory_kib(p, "Pss")} for name, p in pids.items()}
+            idle["mantle"]["breakdown"] = resident_breakdown(pids["mantle"][0])
             for name, (_, url) in running.items():
                 load(wrk_binary, script, url, sample, max(CONCURRENCY), 2)  # warm-up
             runs = {name: {c: [] for c in CONCURRENCY} for name in running}
@@ -813,6 +840,18 @@ def main():
         lines.append(
             f"| {name} | {r['processes']} | {r['idle']['rss'] / 1024:.0f} | {r['idle']['pss'] / 1024:.0f} | {r['peak'] / 1024:.0f} |"
         )
+    lines += [
+        "",
+        "Where mantle's idle resident memory is, from `/proc/PID/smaps`. The models",
+        "are in the anonymous read-write memory; `mantle-bench memory` gives each",
+        "model's share. The binary's code pages are handed back after start-up",
+        "(`docs/PERF-LOG.md`). MiB.",
+        "",
+        "| where | MiB |",
+        "| --- | --- |",
+    ]
+    for where, kib in served["mantle"]["idle"]["breakdown"].items():
+        lines.append(f"| {where} | {kib / 1024:.1f} |")
     names = list(SAMPLES)
     lines += [
         "",
