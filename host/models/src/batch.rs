@@ -7,9 +7,10 @@
 //! default) for it to fill, off the pool, then queues its job; callers
 //! with inputs of the same shape join it until a pool thread takes the
 //! job, which runs the batch on the plan made for the smallest batch size
-//! that holds it, zero rows filling the rest. The job is queued, and its pool time counted, under the first
-//! caller's owner. A batch that cannot run as one (a model that fails on
-//! it, a panic) falls back to running each caller's inputs alone.
+//! that holds it, zero rows filling the rest. The job is queued, and its
+//! pool time counted, under the first caller's owner. A batch that cannot
+//! run as one (a model that fails on it) runs each caller's inputs alone;
+//! one that never runs hands them back to their callers to run alone.
 
 use crate::{HostTensor, InferencePool, Model, PoolError, RunError};
 use std::collections::HashMap;
@@ -62,7 +63,15 @@ struct BatchState {
 struct Member {
     inputs: Vec<HostTensor>,
     deadline: Instant,
-    answer: tokio::sync::oneshot::Sender<Result<Result<Outputs, RunError>, PoolError>>,
+    answer: tokio::sync::oneshot::Sender<Reply>,
+}
+
+/// What a batch tells each of its callers.
+enum Reply {
+    Answered(Result<Result<Outputs, RunError>, PoolError>),
+    /// The batch will not run (its first caller gave up, or its deadline
+    /// passed first): the caller's inputs, back, to run alone.
+    RunAlone(Vec<HostTensor>),
 }
 
 /// How many batches of more than one caller a model has run, and the rows
@@ -138,7 +147,6 @@ pub async fn infer(
     let ordered = model.in_order(inputs);
     let key: ShapeKey = ordered.iter().map(|t| (t.element_type, t.shape.iter().skip(1).copied().collect())).collect();
     // The base plan's batch dimension is pinned to 1: each caller is a row.
-    let retry = ordered.clone();
     let (answer, answered) = tokio::sync::oneshot::channel();
     let member = Member { inputs: ordered, deadline, answer };
     let led = {
@@ -171,21 +179,21 @@ pub async fn infer(
         pool.run(owner.clone(), deadline, move || job.run()).await?;
     }
     match answered.await {
-        Ok(outcome) => outcome,
-        // The batch was dropped before it answered: run alone.
-        Err(_) => {
-            let job_model = Arc::clone(model);
-            let named = model.named(retry);
+        Ok(Reply::Answered(outcome)) => outcome,
+        Ok(Reply::RunAlone(inputs)) => {
+            let (job_model, named) = (Arc::clone(model), model.named(inputs));
             pool.run(owner, deadline, move || job_model.run(named)).await
         }
+        // The batch's job died with this caller's inputs: a panic.
+        Err(_) => Err(PoolError::Panicked("the batch this run joined failed".to_owned())),
     }
 }
 
 /// A batch's job on the pool. However it ends (run, dropped unrun because
 /// its first caller gave up or its deadline passed, or in a panic), the
 /// batch is closed and forgotten when it is dropped, so that no caller
-/// joins it any more and those waiting on it, their answers dropped, run
-/// alone.
+/// joins it any more, and the callers it never ran get their inputs back
+/// to run alone.
 struct BatchJob {
     model: Arc<Model>,
     batch: Arc<Batch>,
@@ -203,7 +211,9 @@ impl Drop for BatchJob {
         if let Some(batching) = self.model.batching.as_deref() {
             forget(batching, &self.key, &self.batch);
         }
-        drop(self.batch.close());
+        for member in self.batch.close() {
+            let _ = member.answer.send(Reply::RunAlone(member.inputs));
+        }
     }
 }
 
@@ -225,7 +235,7 @@ fn run_batch(model: &Model, batch: &Arc<Batch>, key: &ShapeKey) {
     let now = Instant::now();
     let (live, expired): (Vec<Member>, Vec<Member>) = members.into_iter().partition(|m| m.deadline > now);
     for member in expired {
-        let _ = member.answer.send(Err(PoolError::Expired));
+        let _ = member.answer.send(Reply::Answered(Err(PoolError::Expired)));
     }
     // Callers that stopped waiting are not computed for.
     let live: Vec<Member> = live.into_iter().filter(|m| !m.answer.is_closed()).collect();
@@ -234,7 +244,7 @@ fn run_batch(model: &Model, batch: &Arc<Batch>, key: &ShapeKey) {
         1 => {
             for member in live {
                 let outcome = model.run(model.named(member.inputs));
-                let _ = member.answer.send(Ok(outcome));
+                let _ = member.answer.send(Reply::Answered(Ok(outcome)));
             }
         }
         rows => match run_stacked(batching, &live) {
@@ -242,14 +252,14 @@ fn run_batch(model: &Model, batch: &Arc<Batch>, key: &ShapeKey) {
                 batching.batches.fetch_add(1, Ordering::Relaxed);
                 batching.batched_rows.fetch_add(rows as u64, Ordering::Relaxed);
                 for (member, outputs) in live.into_iter().zip(split) {
-                    let _ = member.answer.send(Ok(Ok(outputs)));
+                    let _ = member.answer.send(Reply::Answered(Ok(Ok(outputs))));
                 }
             }
             Err(failure) => {
                 tracing::warn!(model = %model.name(), rows, "the batch failed; running its rows alone: {failure}");
                 for member in live {
                     let outcome = model.run(model.named(member.inputs));
-                    let _ = member.answer.send(Ok(outcome));
+                    let _ = member.answer.send(Reply::Answered(Ok(outcome)));
                 }
             }
         },

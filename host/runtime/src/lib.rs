@@ -400,9 +400,10 @@ impl Runtime {
         if let Some(guest) = self.shared_guest(&component.digest) {
             return Ok((self.prepare(spec, guest)?, true));
         }
+        let initialized = self.pre_initialize && initialize::exports_initializer(component.wasm);
         let (compiled, cached) = match cache_dir {
-            Some(dir) => self.compile_cached(&spec, component, dir)?,
-            None => (self.build(&spec, component.wasm)?.0, false),
+            Some(dir) => self.compile_cached(&spec, component, initialized, dir)?,
+            None => (self.build(&spec, component.wasm, initialized)?.0, false),
         };
         let guest = self.share(&spec.id, component.digest, &compiled)?;
         Ok((self.prepare(spec, guest)?, cached))
@@ -414,10 +415,10 @@ impl Runtime {
         &self,
         spec: &ModuleSpec,
         component: ComponentBytes<'_>,
+        initialized: bool,
         cache_dir: &Path,
     ) -> Result<(Component, bool), SetupError> {
         let module = spec.id.as_str();
-        let initialized = self.initializes(component.wasm);
         let key = self.compiled_code_key(&component.digest, initialized);
         let path = cache_dir.join(format!("{key}.cwasm"));
         if path.exists() {
@@ -429,7 +430,7 @@ impl Runtime {
                 Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached code does not load: {e:#}"),
             }
         }
-        let (compiled, code) = self.build(spec, component.wasm)?;
+        let (compiled, code) = self.build(spec, component.wasm, initialized)?;
         let code = match code {
             Some(code) => code,
             None => compiled
@@ -477,13 +478,7 @@ impl Runtime {
     /// Checks `component` against the world and pre-instantiates it, for
     /// every module made from the component with `digest`.
     fn share(&self, module: &str, digest: Sha256, component: &Component) -> Result<Arc<SharedGuest>, SetupError> {
-        let world = |e: wasmtime::Error| SetupError::World {
-            module: module.to_owned(),
-            message: Untrusted::new(format!("{e:#}")),
-        };
-        let instance_pre = self.linker.instantiate_pre(component).map_err(world)?;
-        let pre = GuestPre::new(instance_pre).map_err(world)?;
-        let made = Arc::new(SharedGuest { pre, started_within: Mutex::default() });
+        let made = Arc::new(self.pre_instantiate(module, component)?);
         let mut guests = self.guests.lock().unwrap_or_else(PoisonError::into_inner);
         // Components no module holds any more are forgotten here.
         guests.retain(|_, guest| guest.strong_count() > 0);
@@ -494,11 +489,27 @@ impl Runtime {
         Ok(made)
     }
 
-    /// Compiles `wasm` for the module of `spec`; first pre-initializes it,
-    /// if it exports an initializer. With the compiled code, when it was
-    /// compiled in a child process.
-    fn build(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<(Component, Option<Vec<u8>>), SetupError> {
-        if !self.initializes(wasm) {
+    /// `component` checked against the world and pre-instantiated.
+    fn pre_instantiate(&self, module: &str, component: &Component) -> Result<SharedGuest, SetupError> {
+        let world = |e: wasmtime::Error| SetupError::World {
+            module: module.to_owned(),
+            message: Untrusted::new(format!("{e:#}")),
+        };
+        let instance_pre = self.linker.instantiate_pre(component).map_err(world)?;
+        let pre = GuestPre::new(instance_pre).map_err(world)?;
+        Ok(SharedGuest { pre, started_within: Mutex::default() })
+    }
+
+    /// Compiles `wasm` for the module of `spec`; first pre-initializes it
+    /// when `initialized`. With the compiled code, when it was compiled in
+    /// a child process.
+    fn build(
+        &self,
+        spec: &ModuleSpec,
+        wasm: &[u8],
+        initialized: bool,
+    ) -> Result<(Component, Option<Vec<u8>>), SetupError> {
+        if !initialized {
             return self.compile(&spec.id, wasm);
         }
         let started = Instant::now();
@@ -510,11 +521,6 @@ impl Runtime {
         self.compile(&spec.id, &snapshot)
     }
 
-    /// Whether `wasm` is pre-initialized here before it is compiled.
-    fn initializes(&self, wasm: &[u8]) -> bool {
-        self.pre_initialize && initialize::exports_initializer(wasm)
-    }
-
     /// Runs the initializer of `wasm` once, in an instance with the limits
     /// of `spec` but none of its grants or configuration (the snapshot is
     /// shared by every module made from the component), and returns the
@@ -522,11 +528,8 @@ impl Runtime {
     fn pre_initialize(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<Vec<u8>, SetupError> {
         let refused =
             |message: String| SetupError::Initialize { module: spec.id.clone(), message: Untrusted::new(message) };
-        // The same checks as compiling makes, before the bytes are rewritten.
-        check_component_header(wasm)
-            .map_err(|message| SetupError::Compile { module: spec.id.clone(), message: Untrusted::new(message) })?;
-        precheck::check(wasm, &ShapeLimits::default())
-            .map_err(|message| SetupError::TooExpensive { module: spec.id.clone(), message })?;
+        // The checks compiling makes, before the bytes are rewritten.
+        check_shape(&spec.id, wasm)?;
         // On a thread of its own, as the trial instance: the caller may be
         // an async task or a rayon worker; and a component the snapshot
         // tool cannot handle fails that thread, not the node.
@@ -538,10 +541,6 @@ impl Runtime {
     fn snapshot_initialized(&self, spec: &ModuleSpec, wasm: &[u8]) -> Result<Vec<u8>, SetupError> {
         let refused =
             |message: String| SetupError::Initialize { module: spec.id.clone(), message: Untrusted::new(message) };
-        let world = |e: wasmtime::Error| SetupError::World {
-            module: spec.id.clone(),
-            message: Untrusted::new(format!("{e:#}")),
-        };
         let (context, instrumented) = initialize::instrument(wasm).map_err(refused)?;
         let (component, _) = self.compile(&spec.id, &instrumented)?;
         let module = GuestModule {
@@ -551,10 +550,7 @@ impl Runtime {
             limits: spec.limits,
             config: Arc::default(),
             account: self.tenant_account(&spec.tenant),
-            guest: Arc::new(SharedGuest {
-                pre: GuestPre::new(self.linker.instantiate_pre(&component).map_err(world)?).map_err(world)?,
-                started_within: Mutex::default(),
-            }),
+            guest: Arc::new(self.pre_instantiate(&spec.id, &component)?),
         };
         let limits = module.limits;
         let executor = tokio::runtime::Builder::new_current_thread()
@@ -598,9 +594,8 @@ impl Runtime {
             }
             SetupError::Compile { module: module.to_owned(), message: Untrusted::new(message) }
         };
-        check_component_header(wasm).map_err(compile_error)?;
+        check_shape(module, wasm)?;
         let too_expensive = |message: String| SetupError::TooExpensive { module: module.to_owned(), message };
-        precheck::check(wasm, &ShapeLimits::default()).map_err(too_expensive)?;
         match &self.compiler {
             None => Component::new(&self.engine, wasm).map(|c| (c, None)).map_err(|e| compile_error(format!("{e:#}"))),
             Some(compiler) => {
@@ -861,6 +856,15 @@ fn checked_response(response: Response) -> Result<Response, HandleError> {
         return Err(HandleError::ResponseTooLarge { size, limit: MAX_RESPONSE_BYTES });
     }
     Ok(response)
+}
+
+/// Refuses a component that is not one, or whose shape would be expensive
+/// to compile, before any work is done on it.
+fn check_shape(module: &str, wasm: &[u8]) -> Result<(), SetupError> {
+    check_component_header(wasm)
+        .map_err(|message| SetupError::Compile { module: module.to_owned(), message: Untrusted::new(message) })?;
+    precheck::check(wasm, &ShapeLimits::default())
+        .map_err(|message| SetupError::TooExpensive { module: module.to_owned(), message })
 }
 
 /// Tells apart the two mistakes wasmtime reports least clearly: a file that
