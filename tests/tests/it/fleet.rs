@@ -349,21 +349,23 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
         let first = &failed[..failed.len().min(10)];
         assert!(failed.is_empty(), "{}: {} failed, the first: {first:?}\n{report}", phase.name, failed.len());
     }
-    // A SIGKILL loses at most what the node was doing: every failed
-    // request was sent before the kill, and there are no more of them
-    // than the killed node had in flight; no other node aborted any.
+    // A SIGKILL loses at most what was in flight: every failed request
+    // was sent before the kill and still unanswered at it, and no other
+    // node aborted any. (HAProxy's own count of what the killed node had
+    // in flight undercounts: a request it had forwarded on a connection
+    // the kill reset is sometimes counted nowhere.)
     let lost = failed(&phases[4]);
     for lost in &lost {
-        assert!(lost.at < killed, "{} was sent after the kill and failed: {:?}", lost.id, lost.problem);
+        assert!(
+            lost.at < killed && lost.at + lost.took >= killed,
+            "{} was not in flight at the kill ({:?} before it, took {:?}) and failed: {:?}",
+            lost.id,
+            killed.saturating_duration_since(lost.at),
+            lost.took,
+            lost.problem
+        );
     }
     let victim = 1;
-    assert!(
-        lost.len() as u64 <= in_flight[victim],
-        "{} requests failed, {} were in flight on the killed node: {:?}",
-        lost.len(),
-        in_flight[victim],
-        lost.iter().map(|s| (&s.id, s.problem.as_deref())).collect::<Vec<_>>()
-    );
     for (i, aborted) in in_flight.iter().enumerate() {
         assert!(i == victim || *aborted == 0, "{} aborted {aborted} requests without being killed", servers[i].0);
     }
