@@ -314,6 +314,9 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
     };
     let aborted_before = aborted(&haproxy);
     let victim = &mut members[1];
+    // The signal goes out somewhere between these two instants; `kill`
+    // also waits for the process to go.
+    let killing_at = Instant::now();
     victim.node.as_mut().expect("the node runs").kill();
     let killed = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
@@ -357,8 +360,8 @@ fn a_fleet_behind_haproxy_moves_tags_and_restarts_without_failing_a_request() {
     let lost = failed(&phases[4]);
     for lost in &lost {
         assert!(
-            lost.at < killed && lost.at + lost.took >= killed,
-            "{} was not in flight at the kill ({:?} before it, took {:?}) and failed: {:?}",
+            lost.at < killed && lost.at + lost.took >= killing_at,
+            "{} was not in flight at the kill (sent {:?} before it, took {:?}) and failed: {:?}",
             lost.id,
             killed.saturating_duration_since(lost.at),
             lost.took,
