@@ -4,6 +4,8 @@
 //! node runs ([`deploy`]), kept on disk by the [`store`]. Per request there
 //! is only a lookup left to do.
 
+pub mod allocator;
+pub mod code_pages;
 pub mod deploy;
 pub mod follow;
 mod model_cache;

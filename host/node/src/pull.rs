@@ -47,6 +47,7 @@ impl Node {
         if self.tenant(tenant).is_none() {
             return Err(DeployError::UnknownTenant(tenant.to_owned()));
         }
+        let _loading = crate::allocator::Loading::start();
         let limit = self.settings.max_bundle_bytes as u64;
         let pulled = registry
             .pull_reusing(reference, limit, |blob| tokio::task::block_in_place(|| self.stored_blob(blob)))

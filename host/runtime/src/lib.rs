@@ -403,7 +403,7 @@ impl Runtime {
         let initialized = self.pre_initialize && initialize::exports_initializer(component.wasm);
         let (compiled, cached) = match cache_dir {
             Some(dir) => self.compile_cached(&spec, component, initialized, dir)?,
-            None => (self.build(&spec, component.wasm, initialized)?.0, false),
+            None => (self.load_code(&spec.id, self.build(&spec, component.wasm, initialized)?)?, false),
         };
         let guest = self.share(&spec.id, component.digest, &compiled)?;
         Ok((self.prepare(spec, guest)?, cached))
@@ -430,24 +430,39 @@ impl Runtime {
                 Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached code does not load: {e:#}"),
             }
         }
-        let (compiled, code) = self.build(spec, component.wasm, initialized)?;
-        let code = match code {
-            Some(code) => code,
-            None => compiled
-                .serialize()
-                .map_err(|e| SetupError::Cache { module: module.to_owned(), message: format!("{e:#}") })?,
+        let code = self.build(spec, component.wasm, initialized)?;
+        let serialized = match &code {
+            CompiledCode::Serialized(bytes) => std::borrow::Cow::Borrowed(bytes),
+            CompiledCode::Loaded(compiled) => std::borrow::Cow::Owned(
+                compiled
+                    .serialize()
+                    .map_err(|e| SetupError::Cache { module: module.to_owned(), message: format!("{e:#}") })?,
+            ),
         };
         // The cache only saves a restart's compiling: a module whose code
         // cannot be kept (a full disk) is served all the same.
         let partial = path.with_extension("partial");
         let kept = std::fs::create_dir_all(cache_dir)
-            .and_then(|()| std::fs::write(&partial, code))
+            .and_then(|()| std::fs::write(&partial, serialized.as_ref()))
             .and_then(|()| std::fs::rename(&partial, &path));
-        if let Err(e) = kept {
-            let _ = std::fs::remove_file(&partial);
-            tracing::warn!(%module, path = %path.display(), "compiled code not cached; a restart compiles it again: {e}");
+        match kept {
+            // Code loaded from the file is mapped from the page cache, as on
+            // a restart: pages the kernel may share and reclaim, where code
+            // loaded from bytes is a private copy in the node's memory (12
+            // MiB for the three examples, about four times what they touch).
+            // SAFETY: as above; the file was written just now from this
+            // engine's code.
+            Ok(()) => match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(compiled) => return Ok((compiled, false)),
+                Err(e) => tracing::warn!(path = %path.display(), "the code just cached does not load: {e:#}"),
+            },
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                tracing::warn!(%module, path = %path.display(), "compiled code not cached; a restart compiles it again: {e}");
+            }
         }
-        Ok((compiled, false))
+        drop(serialized);
+        Ok((self.load_code(module, code)?, false))
     }
 
     /// Names the compiled code of the component with `digest` in the
@@ -501,16 +516,10 @@ impl Runtime {
     }
 
     /// Compiles `wasm` for the module of `spec`; first pre-initializes it
-    /// when `initialized`. With the compiled code, when it was compiled in
-    /// a child process.
-    fn build(
-        &self,
-        spec: &ModuleSpec,
-        wasm: &[u8],
-        initialized: bool,
-    ) -> Result<(Component, Option<Vec<u8>>), SetupError> {
+    /// when `initialized`.
+    fn build(&self, spec: &ModuleSpec, wasm: &[u8], initialized: bool) -> Result<CompiledCode, SetupError> {
         if !initialized {
-            return self.compile(&spec.id, wasm);
+            return self.compile_code(&spec.id, wasm);
         }
         let started = Instant::now();
         let snapshot = self.pre_initialize(spec, wasm)?;
@@ -518,7 +527,7 @@ impl Runtime {
             tenant = %spec.tenant, module = %spec.id, elapsed = ?started.elapsed(), bytes = snapshot.len(),
             "pre-initialized"
         );
-        self.compile(&spec.id, &snapshot)
+        self.compile_code(&spec.id, &snapshot)
     }
 
     /// Runs the initializer of `wasm` once, in an instance with the limits
@@ -542,7 +551,7 @@ impl Runtime {
         let refused =
             |message: String| SetupError::Initialize { module: spec.id.clone(), message: Untrusted::new(message) };
         let (context, instrumented) = initialize::instrument(wasm).map_err(refused)?;
-        let (component, _) = self.compile(&spec.id, &instrumented)?;
+        let component = self.load_code(&spec.id, self.compile_code(&spec.id, &instrumented)?)?;
         let module = GuestModule {
             tenant: Arc::from(spec.tenant.as_str()),
             id: Arc::from(spec.id.as_str()),
@@ -584,36 +593,34 @@ impl Runtime {
     }
 
     /// Checks the component's shape, then compiles it here or in a child
-    /// process; in the second case also returns the compiled code.
-    fn compile(&self, module: &str, wasm: &[u8]) -> Result<(Component, Option<Vec<u8>>), SetupError> {
-        let compile_error = |message: String| {
-            // wasmtime checks a component against the pool's per-instance
-            // caps as it makes it, and says so.
-            if message.contains("in the pooling allocator") || message.contains("pooling allocator requirements") {
-                return SetupError::TooLarge { module: module.to_owned(), message: escaped(&message).into_owned() };
-            }
-            SetupError::Compile { module: module.to_owned(), message: Untrusted::new(message) }
-        };
+    /// process.
+    fn compile_code(&self, module: &str, wasm: &[u8]) -> Result<CompiledCode, SetupError> {
         check_shape(module, wasm)?;
         let too_expensive = |message: String| SetupError::TooExpensive { module: module.to_owned(), message };
         match &self.compiler {
-            None => Component::new(&self.engine, wasm).map(|c| (c, None)).map_err(|e| compile_error(format!("{e:#}"))),
-            Some(compiler) => {
-                let code = compiler.compile(wasm).map_err(|failure| match failure {
-                    CompileFailure::Invalid(message) => compile_error(message),
-                    CompileFailure::Spawn(message) => SetupError::Engine(message),
-                    crashed @ CompileFailure::Crashed(_) => compile_error(crashed.to_string()),
-                    bounded @ (CompileFailure::Timeout(_) | CompileFailure::Memory(_)) => {
-                        too_expensive(bounded.to_string())
-                    }
-                })?;
-                // SAFETY: the code was written by `Component::serialize` in a
-                // child process of this very program, with this engine's
-                // settings, and came back over a pipe only it writes to.
-                let component = unsafe { Component::deserialize(&self.engine, &code) }
-                    .map_err(|e| compile_error(format!("{e:#}")))?;
-                Ok((component, Some(code)))
-            }
+            None => Component::new(&self.engine, wasm)
+                .map(CompiledCode::Loaded)
+                .map_err(|e| compile_failure(module, format!("{e:#}"))),
+            Some(compiler) => compiler.compile(wasm).map(CompiledCode::Serialized).map_err(|failure| match failure {
+                CompileFailure::Invalid(message) => compile_failure(module, message),
+                CompileFailure::Spawn(message) => SetupError::Engine(message),
+                crashed @ CompileFailure::Crashed(_) => compile_failure(module, crashed.to_string()),
+                bounded @ (CompileFailure::Timeout(_) | CompileFailure::Memory(_)) => {
+                    too_expensive(bounded.to_string())
+                }
+            }),
+        }
+    }
+
+    /// The component of `code`, loaded into this engine.
+    fn load_code(&self, module: &str, code: CompiledCode) -> Result<Component, SetupError> {
+        match code {
+            CompiledCode::Loaded(component) => Ok(component),
+            // SAFETY: the code was written by `Component::serialize` in a
+            // child process of this very program, with this engine's
+            // settings, and came back over a pipe only it writes to.
+            CompiledCode::Serialized(bytes) => unsafe { Component::deserialize(&self.engine, &bytes) }
+                .map_err(|e| compile_failure(module, format!("{e:#}"))),
         }
     }
 
@@ -856,6 +863,23 @@ fn checked_response(response: Response) -> Result<Response, HandleError> {
         return Err(HandleError::ResponseTooLarge { size, limit: MAX_RESPONSE_BYTES });
     }
     Ok(response)
+}
+
+/// A component compiled for the node's engine: in this process, or in a
+/// child process that sent back its code.
+enum CompiledCode {
+    Loaded(Component),
+    Serialized(Vec<u8>),
+}
+
+/// The refusal of a component wasmtime would not compile or load.
+fn compile_failure(module: &str, message: String) -> SetupError {
+    // wasmtime checks a component against the pool's per-instance caps as
+    // it makes it, and says so.
+    if message.contains("in the pooling allocator") || message.contains("pooling allocator requirements") {
+        return SetupError::TooLarge { module: module.to_owned(), message: escaped(&message).into_owned() };
+    }
+    SetupError::Compile { module: module.to_owned(), message: Untrusted::new(message) }
 }
 
 /// Refuses a component that is not one, or whose shape would be expensive

@@ -2,7 +2,6 @@
 //! bundle as a new version of a tenant's deployment (and activate it), list
 //! deployments, activate an earlier version, delete a deployment.
 
-use super::allocator;
 use super::auth::{bearer_token, token_matches};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -92,7 +91,8 @@ async fn upload(
 ) -> Response {
     let outcome = async {
         operator(&state, &headers)?;
-        let _buffers = DeployBuffers::mapped_apart();
+        // The body is part of the load: see `Loading`.
+        let _loading = mantle_node::allocator::Loading::start();
         let limit = state.node.settings.max_bundle_bytes;
         let limited = http_body_util::Limited::new(body, limit);
         let archive = limited.collect().await.map_err(|e| {
@@ -150,7 +150,6 @@ async fn pull(
         };
         let access = mantle_oci::registry::Access { insecure: request.insecure, credentials };
         let registry = mantle_oci::registry::Registry::new(&access);
-        let _buffers = DeployBuffers::mapped_apart();
         let outcome = state.node.deploy_from(&tenant, &registry, &reference, query.activate).await;
         outcome.map(Json).map_err(|e| {
             tracing::warn!(
@@ -162,51 +161,6 @@ async fn pull(
         })
     };
     outcome.await.into_response()
-}
-
-/// While a bundle is uploaded and deployed, glibc maps every block of
-/// 1 MiB or more on its own, so that freeing it gives it back: a deploy
-/// holds its bundle two or three times over (the body, the unpacked files,
-/// the store), and by default glibc would keep those blocks in its arenas,
-/// leaving the node tens of MiB larger after each deploy. Dropped, it sets
-/// the thresholds where glibc's own adjustment tops out (map apart from
-/// 32 MiB, trim the heap past 64 MiB free), where the request path reuses
-/// blocks from the heap as it does by default: a 4 MiB threshold kept for
-/// serving cost image-classify a third of its throughput, and a fixed one
-/// with the default trim threshold about a tenth.
-/// Uploads may overlap (deploys then take turns): the thresholds go back
-/// only when the last one in flight ends.
-struct DeployBuffers;
-
-/// Uploads and deploys in flight. A lock rather than an atomic count, so
-/// that one ending and another starting cannot set the thresholds out of
-/// order.
-static IN_FLIGHT: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
-
-impl DeployBuffers {
-    fn mapped_apart() -> Self {
-        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *in_flight == 0 {
-            allocator::map_apart_from(1 << 20);
-        }
-        *in_flight += 1;
-        DeployBuffers
-    }
-}
-
-impl Drop for DeployBuffers {
-    fn drop(&mut self) {
-        let mut in_flight = IN_FLIGHT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *in_flight = in_flight.saturating_sub(1);
-        if *in_flight > 0 {
-            return;
-        }
-        allocator::map_apart_from(32 << 20);
-        allocator::trim_past(64 << 20);
-        allocator::release_free_memory();
-        // And the code that loaded its models, as after start-up.
-        crate::code_pages::release();
-    }
 }
 
 /// A deployment as the operator lists it: what the store holds, and the

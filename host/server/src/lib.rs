@@ -6,9 +6,7 @@
 
 pub mod admin;
 mod admission;
-pub mod allocator;
 pub mod auth;
-pub mod code_pages;
 mod error;
 mod extract;
 mod guest_route;

@@ -57,6 +57,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     let builtin_guests = examples::builtin_guests();
     let options =
         BuildOptions { data_dir: Some(&data_dir), compile_with: Some(&program), builtin_guests: &builtin_guests };
+    // Until the node is built and its deployments restored.
+    let loading = mantle::node::allocator::Loading::start();
     let node = tokio::task::block_in_place(|| match (&config, &args.config) {
         (Some(config), Some(path)) => {
             Node::build(config, &options).with_context(|| format!("cannot set up the node from {}", path.display()))
@@ -77,12 +79,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
             data_dir.display()
         );
     }
-    // Loading models side by side left their scratch free in several
-    // arenas: about a third of the node's resident memory at this point.
-    mantle::server::allocator::release_free_memory();
-    // So did the code that loaded them, which serving does not run.
-    let released = mantle::server::code_pages::release();
-    tracing::debug!(bytes = released, "released the resident pages of the node's code");
+    // Hands back what loading left: see `Loading`.
+    drop(loading);
     let tls = node.settings.tls.as_ref().map(tls::acceptor).transpose().context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
