@@ -236,6 +236,8 @@ async fn follow_to(node: &Node, follow: &Follow, registry: &Registry, digest: Sh
     // Pinned to the digest just seen: a tag that moves again mid-pull does
     // not mix two artifacts.
     let pinned = follow.reference.clone_with_digest(shown.clone());
+    // Released after the status below is updated: see `Loading`.
+    let _loading = crate::allocator::Loading::start();
     let pulled = node.deploy_from(&follow.tenant, registry, &pinned, true).await.map_err(|e| {
         let message = error_chain(&e);
         if e.is_transient() { Failure::Transient(message) } else { Failure::Refused { digest, message } }

@@ -34,7 +34,9 @@ impl DeployError {
 
 impl Node {
     /// Fetches the artifact `reference` names from `registry`, reusing the
-    /// blobs the store has, and deploys it for `tenant`.
+    /// blobs the store has, and deploys it for `tenant`. The caller holds a
+    /// [`crate::allocator::Loading`] across it, and across whatever it
+    /// records of the outcome, which then need not wait for the trim.
     pub async fn deploy_from(
         &self,
         tenant: &str,
@@ -47,7 +49,6 @@ impl Node {
         if self.tenant(tenant).is_none() {
             return Err(DeployError::UnknownTenant(tenant.to_owned()));
         }
-        let _loading = crate::allocator::Loading::start();
         let limit = self.settings.max_bundle_bytes as u64;
         let pulled = registry
             .pull_reusing(reference, limit, |blob| tokio::task::block_in_place(|| self.stored_blob(blob)))

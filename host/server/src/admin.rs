@@ -150,6 +150,7 @@ async fn pull(
         };
         let access = mantle_oci::registry::Access { insecure: request.insecure, credentials };
         let registry = mantle_oci::registry::Registry::new(&access);
+        let _loading = mantle_node::allocator::Loading::start();
         let outcome = state.node.deploy_from(&tenant, &registry, &reference, query.activate).await;
         outcome.map(Json).map_err(|e| {
             tracing::warn!(

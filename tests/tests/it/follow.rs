@@ -151,8 +151,8 @@ fn a_node_following_a_tag_deploys_each_push_fetching_only_what_it_lacks_and_roll
     let config = following(&reference, &[trusted.trim().to_owned()]);
     let node = ServedNode::with_config_in(&config, &data);
     wait_for_greeting(&node, "version 1", Duration::from_secs(60));
-    let first = follow(&node);
-    assert_eq!(first["digest"], v1_digest.as_str(), "{first}");
+    // The status is recorded just after the new version starts serving.
+    let first = wait_for_follow(&node, Duration::from_secs(10), |s| s["digest"] == v1_digest.as_str());
     assert_eq!((counter(&first, "fetched_blobs"), counter(&first, "reused_blobs")), (4, 0), "{first}");
 
     // Version 2 changes only the greeting: two blobs go up, and the node
@@ -161,8 +161,7 @@ fn a_node_following_a_tag_deploys_each_push_fetching_only_what_it_lacks_and_roll
     let (v2_digest, uploaded) = push(&v2, &reference);
     assert_eq!(uploaded, (2, 4), "the config and mantle.toml");
     wait_for_greeting(&node, "version 2", Duration::from_secs(30));
-    let second = follow(&node);
-    assert_eq!(second["digest"], v2_digest.as_str());
+    let second = wait_for_follow(&node, Duration::from_secs(10), |s| s["digest"] == v2_digest.as_str());
     assert_eq!((counter(&second, "fetched_blobs"), counter(&second, "reused_blobs")), (6, 2), "{second}");
     let model_bytes = std::fs::metadata(model_path("silero-vad")).expect("the model").len();
     let fetched_for_v2 = counter(&second, "fetched_bytes") - counter(&first, "fetched_bytes");
@@ -195,7 +194,7 @@ fn a_node_following_a_tag_deploys_each_push_fetching_only_what_it_lacks_and_roll
     let (back, uploaded) = push(&v1, &reference);
     assert_eq!((back.as_str(), uploaded), (v1_digest.as_str(), (0, 4)));
     wait_for_greeting(&node, "version 1", Duration::from_secs(30));
-    let rolled = follow(&node);
+    let rolled = wait_for_follow(&node, Duration::from_secs(10), |s| s["digest"] == v1_digest.as_str());
     assert!(rolled["last_error"].is_null() && rolled["refused"].is_null(), "{rolled}");
     assert!(counter(&rolled, "fetched_bytes") - counter(&second, "fetched_bytes") < 16 << 10, "{rolled}");
     assert_eq!(stored_versions(&node), ["1", "2"], "the refused artifact was never stored");
@@ -248,7 +247,8 @@ fn a_registry_killed_mid_pull_or_serving_wrong_bytes_leaves_the_old_version_serv
 
     registry.restart();
     wait_for_greeting(&node, "version 2", Duration::from_secs(60));
-    assert!(follow(&node)["last_error"].is_null());
+    // The status is recorded just after the new version starts serving.
+    wait_for_follow(&node, Duration::from_secs(10), |s| s["last_error"].is_null());
 
     // Version 3's guest is served by the registry with other bytes of the
     // same length: refused, and retried, until the registry is repaired.
