@@ -18,7 +18,14 @@
 /// of its throughput, and a fixed one with the default trim threshold
 /// about a tenth. Then the free memory of every arena and the resident
 /// pages of the code that loading ran ([`crate::code_pages`]) are handed
-/// back. Loads may overlap: each holds a `Loading` while it runs.
+/// back.
+///
+/// Whoever starts a load holds a `Loading` across it, and across whatever
+/// it records of the outcome (which then need not wait for the trim):
+/// `mantle serve` while it builds the node and restores its deployments,
+/// the admin API while it reads and deploys a bundle or pulls one, a
+/// followed tag while it deploys a move. The node's own methods take none.
+/// Loads may overlap: the thresholds go back when the last one ends.
 pub struct Loading(());
 
 /// Loads in flight. A lock rather than an atomic count, so that one ending

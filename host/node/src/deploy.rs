@@ -104,7 +104,6 @@ impl Node {
     /// logged and skipped: the node serves everything else.
     pub async fn restore(&self) -> Result<Vec<Outcome>, DeployError> {
         let _one_at_a_time = self.changing.lock().await;
-        let _loading = crate::allocator::Loading::start();
         tokio::task::block_in_place(|| {
             let store = self.store()?;
             let mut restored = Vec::new();
@@ -129,7 +128,6 @@ impl Node {
     /// Checks, compiles and stores the packed bundle `archive` for `tenant`,
     /// and makes it the active version if `activate`.
     pub async fn deploy(&self, tenant_id: &str, archive: &[u8], activate: bool) -> Result<Outcome, DeployError> {
-        let _loading = crate::allocator::Loading::start();
         let bundle = tokio::task::block_in_place(|| Bundle::unpack(archive))?;
         self.deploy_bundle(tenant_id, &bundle, activate).await
     }

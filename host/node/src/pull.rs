@@ -34,9 +34,7 @@ impl DeployError {
 
 impl Node {
     /// Fetches the artifact `reference` names from `registry`, reusing the
-    /// blobs the store has, and deploys it for `tenant`. The caller holds a
-    /// [`crate::allocator::Loading`] across it, and across whatever it
-    /// records of the outcome, which then need not wait for the trim.
+    /// blobs the store has, and deploys it for `tenant`.
     pub async fn deploy_from(
         &self,
         tenant: &str,
