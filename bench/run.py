@@ -216,23 +216,28 @@ def wait_for_banner(node):
 
 def host_overhead(binaries, runs):
     """Microseconds per request over HTTP (the no-op guest, `/healthz`, and
-    a bare hyper server beside them), free to run on any core and pinned to
-    one; and a fresh no-op instance per call in process."""
-    over_http = {"any core": http_path(binaries, runs), "one core": http_path(binaries, runs, cpus="0")}
+    a bare hyper server beside them), with the client on one core and the
+    servers on another, and with all of them on one core; and a fresh
+    no-op instance per call in process."""
+    over_http = {}
+    if len(os.sched_getaffinity(0)) > 1:
+        over_http["across cores"] = http_path(binaries, runs, servers="0", client="1")
+    over_http["one core"] = http_path(binaries, runs, servers="0", client="0")
     command = [str(binaries / "mantle-bench"), "instantiate", str(runs)]
     in_process = json.loads(run(command, capture_output=True, text=True).stdout)
     return over_http, in_process["us"]
 
 
-def http_path(binaries, runs, cpus=None):
+def http_path(binaries, runs, servers, client):
     """The node's no-op guest and `/healthz`, and `mantle-bench
     hyper-reference` (hyper alone), each over one keep-alive connection
-    from `mantle-bench http`. With `cpus`, the node, the reference and the
-    client all run on those cores (`taskset`), which takes the cost of
-    waking a thread on another core out of the figures."""
+    from `mantle-bench http`. The node and the reference run on the cores
+    `servers`, the client on `client` (`taskset`): left to the scheduler,
+    a client and a server settle either on one core or on two and stay
+    there, so which figure a run gave would be chance."""
     noop = ROOT / "target" / "guests" / "wasm32-wasip2" / "release" / "noop.wasm"
     key = "bench-key"
-    pinned = ["taskset", "-c", cpus] if cpus else []
+    on_servers = ["taskset", "-c", servers]
     with tempfile.TemporaryDirectory(prefix="mantle-bench-") as scratch:
         config = Path(scratch) / "node.toml"
         config.write_text(
@@ -244,21 +249,21 @@ def http_path(binaries, runs, cpus=None):
             f"path = {json.dumps(str(noop))}\n"
         )
         node = subprocess.Popen(
-            pinned + [str(binaries / "mantle"), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
-                      "--data-dir", str(Path(scratch) / "data")],
+            on_servers + [str(binaries / "mantle"), "serve", "--config", str(config), "--listen", "127.0.0.1:0",
+                          "--data-dir", str(Path(scratch) / "data")],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
         reference = subprocess.Popen(
-            pinned + [str(binaries / "mantle-bench"), "hyper-reference"], stdout=subprocess.PIPE, text=True
+            on_servers + [str(binaries / "mantle-bench"), "hyper-reference"], stdout=subprocess.PIPE, text=True
         )
         try:
             base = wait_for_banner(node)
             floor = reference.stdout.readline().split()[-1]
-            command = pinned + [str(binaries / "mantle-bench"), "http", base, f"{base}/t/bench/noop", key, str(runs),
-                                "--reference", floor]
+            command = ["taskset", "-c", client, str(binaries / "mantle-bench"), "http", base, f"{base}/t/bench/noop",
+                       key, str(runs), "--reference", floor]
             return json.loads(run(command, capture_output=True, text=True).stdout)
         finally:
             for server in (node, reference):
@@ -605,14 +610,21 @@ def host_overhead_lines(over_http, instantiate, requests):
     """The host overhead section's text and table."""
     lines = [
         f"{requests} timed requests after 100 to warm up, concurrency 1, each server over",
-        "one keep-alive connection from `mantle-bench http` (hyper's client on one thread).",
+        "one keep-alive connection from `mantle-bench http` (a blocking client that",
+        "writes each request in one system call and does no more than a request needs:",
+        "on one core, its own work is in every figure).",
         "The reference is `mantle-bench hyper-reference`: hyper alone answering `ok`,",
-        "in a process of its own. `/healthz` and the reference take turns; the no-op",
-        "guest's requests follow, alone, so that what a guest request leaves behind (its",
-        "instance's memory reset) is not charged to a probe. \"Any core\": the servers and",
-        "the client run where the scheduler puts them; \"one core\": all three are",
-        "pinned to one core (`taskset`), which takes the cost of waking a thread on",
-        "another core out of the figures. In process, each call makes a fresh instance",
+        "in a process of its own. `/healthz`, the reference and the no-op guest take",
+        "turns in blocks of 250 requests, and the first of each block is not kept:",
+        "request by request, each server would be measured in the other's wake (a core",
+        "still busy with one answer takes the next request without a halted core's",
+        "wake-up), and a guest request's leftover work (its instance's memory reset) would",
+        "be charged to the probe after it. \"Across cores\": the servers run on one core",
+        "and the client on another; \"one core\": all three share one core, which takes",
+        "the cost of waking a thread on another core out of the figures. Both are pinned",
+        "(`taskset`): left to the scheduler, a client and a server settle either on one",
+        "core or on two and stay there, so a figure would depend on where they started.",
+        "In process, each call makes a fresh instance",
         "of the no-op guest and calls its handler, as the node does per request.",
         "Microseconds; the ratio is to hyper alone in the same run.",
         "",

@@ -86,7 +86,7 @@ enum Measure {
     Instantiate { runs: usize },
     /// Microseconds per request: the no-op guest at `url`, the node's
     /// `/healthz`, which no guest serves, and the bare hyper server at
-    /// `reference` if given, taking turns.
+    /// `reference` if given, taking turns in blocks.
     Http {
         node: String,
         url: String,
@@ -312,40 +312,46 @@ fn instantiate(runs: usize) -> anyhow::Result<serde_json::Value> {
     })
 }
 
-/// Microseconds per request over keep-alive connections, one per server,
-/// after 100 of each to warm up: `/healthz` and the hyper reference taking
-/// turns, then the no-op guest alone. The guest's requests are not mixed
-/// with `/healthz`'s: the work a guest request leaves behind it (its
-/// instance's memory reset) would be charged to the probe that follows.
-/// The client is hyper's, on a one-thread runtime.
+/// Microseconds per request over keep-alive connections, one per server:
+/// `/healthz`, the hyper reference and the no-op guest, in blocks of
+/// [`BLOCK`] that take turns until each has `runs`, after 100 of each to
+/// warm up. Each block's first request is not kept. Taking turns request
+/// by request would measure each server in the other's wake: a core still
+/// busy with the last answer takes the next request without a halted
+/// core's wake-up, so whichever came second looks faster, and a guest
+/// request's leftover work (its instance's memory reset) would be charged
+/// to the probe after it. The client is `http_client`'s, blocking.
 fn http(node: &str, url: &str, key: &str, runs: usize, reference: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let mut to_node = http_client::Connection::open(node).await?;
-        let mut to_reference = match reference {
-            Some(reference) => Some(http_client::Connection::open(reference).await?),
-            None => None,
-        };
-        let noop_path = url.strip_prefix(node.trim_end_matches('/')).context("the no-op URL is on the node")?;
-        let authorization = format!("Bearer {key}");
-        let (mut noop, mut health, mut floor) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..runs + 100 {
-            let host = to_node.time("GET", "/healthz", None).await?;
-            let bare = match &mut to_reference {
-                Some(connection) => Some(connection.time("GET", "/", None).await?),
-                None => None,
-            };
-            if round >= 100 {
-                health.push(host);
-                floor.extend(bare);
+    const BLOCK: usize = 250;
+    let noop_path = url.strip_prefix(node.trim_end_matches('/')).context("the no-op URL is on the node")?;
+    let authorization = format!("Bearer {key}");
+    let mut to_node = http_client::Connection::open(node)?;
+    let mut to_reference = reference.map(http_client::Connection::open).transpose()?;
+    for _ in 0..100 {
+        to_node.time("GET", "/healthz", None)?;
+        to_node.time("POST", noop_path, Some(&authorization))?;
+        if let Some(connection) = &mut to_reference {
+            connection.time("GET", "/", None)?;
+        }
+    }
+    let (mut noop, mut health, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    while health.len() < runs {
+        let block = BLOCK.min(runs - health.len());
+        // One more than is kept: the first of a block follows another server's.
+        for n in 0..=block {
+            let took = to_node.time("GET", "/healthz", None)?;
+            health.extend((n > 0).then_some(took));
+        }
+        if let Some(connection) = &mut to_reference {
+            for n in 0..=block {
+                let took = connection.time("GET", "/", None)?;
+                floor.extend((n > 0).then_some(took));
             }
         }
-        for round in 0..runs + 100 {
-            let guest = to_node.time("POST", noop_path, Some(&authorization)).await?;
-            if round >= 100 {
-                noop.push(guest);
-            }
+        for n in 0..=block {
+            let took = to_node.time("POST", noop_path, Some(&authorization))?;
+            noop.extend((n > 0).then_some(took));
         }
-        Ok(serde_json::json!({ "noop_us": noop, "healthz_us": health, "hyper_us": floor }))
-    })
+    }
+    Ok(serde_json::json!({ "noop_us": noop, "healthz_us": health, "hyper_us": floor }))
 }
