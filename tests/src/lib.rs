@@ -3,6 +3,7 @@
 //! with the example modules compiled once for every test, and the `mantle`
 //! binary itself, run as a command or as a serving node.
 
+pub mod browser;
 pub mod crafted;
 pub mod debian;
 pub mod fleet;

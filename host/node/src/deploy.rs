@@ -81,6 +81,11 @@ impl Active {
         self.modules.get(id).cloned()
     }
 
+    /// Every module the active deployments serve, by id.
+    pub(crate) fn modules(&self) -> impl Iterator<Item = &Arc<GuestModule>> {
+        self.modules.values()
+    }
+
     /// Whether no deployment is active.
     pub(crate) fn is_empty(&self) -> bool {
         self.versions.is_empty()

@@ -17,6 +17,7 @@ pub use model_cache::ModelCache;
 
 use deploy::Active;
 use ed25519_dalek::VerifyingKey;
+use mantle_manifest::module::ModuleSource;
 use mantle_manifest::node::{ModelConfig, NodeConfig, NodeSettings, TenantConfig, TenantLimits};
 use mantle_models::{BatchPolicy, LoadError, LoadOptions, Model};
 use mantle_runtime::{GuestModule, IsolatedCompiler, Runtime, RuntimeConfig, SetupError};
@@ -60,6 +61,9 @@ pub struct Tenant {
     models: Vec<Arc<HeldModel>>,
     /// Modules from the configuration.
     modules: BTreeMap<String, Arc<GuestModule>>,
+    /// The example built into the program that each configured module
+    /// runs, for the modules that run one.
+    examples: BTreeMap<String, String>,
     /// What the tenant's active deployments serve, swapped whole when a
     /// deployment changes: a request holds what it started with.
     active: RwLock<Arc<Active>>,
@@ -77,6 +81,38 @@ impl Tenant {
             return Some(Arc::clone(module));
         }
         self.active().module(id)
+    }
+
+    /// Every module the tenant serves, configured or deployed, once each
+    /// and by id; a configured module hides a deployed one of its id, as
+    /// it does on its route.
+    pub fn modules(&self) -> Vec<Arc<GuestModule>> {
+        let active = self.active();
+        let mut modules: BTreeMap<&str, Arc<GuestModule>> =
+            active.modules().map(|module| (module.id(), Arc::clone(module))).collect();
+        modules.extend(self.modules.iter().map(|(id, module)| (id.as_str(), Arc::clone(module))));
+        modules.into_values().collect()
+    }
+
+    /// The example built into the program that module `id` runs, if the
+    /// configuration gives it one.
+    pub fn example(&self, id: &str) -> Option<&str> {
+        self.examples.get(id).map(String::as_str)
+    }
+
+    /// Every model the tenant may use through KServe, by name, with its
+    /// versions in order.
+    pub fn models(&self) -> BTreeMap<String, Vec<String>> {
+        let active = self.active();
+        let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for model in self.models.iter().chain(active.models()) {
+            models.entry(model.name.clone()).or_default().push(model.version.clone());
+        }
+        for versions in models.values_mut() {
+            versions.sort_by(|a, b| compare_versions(a, b));
+            versions.dedup();
+        }
+        models
     }
 
     /// Whether the configuration defines module `id`.
@@ -108,12 +144,7 @@ impl Tenant {
 
     /// Every version of `name` the tenant may use through KServe.
     pub fn versions(&self, name: &str) -> Vec<String> {
-        let active = self.active();
-        let all = self.models.iter().chain(active.models());
-        let mut versions: Vec<String> = all.filter(|m| m.name == name).map(|m| m.version.clone()).collect();
-        versions.sort_by(|a, b| compare_versions(a, b));
-        versions.dedup();
-        versions
+        self.models().remove(name).unwrap_or_default()
     }
 }
 
@@ -260,6 +291,17 @@ impl Node {
     pub fn models(&self) -> &ModelCache {
         &self.models
     }
+
+    /// How many models the node holds: each loaded model once, however
+    /// many tenants, versions and deployments use it.
+    pub fn models_held(&self) -> usize {
+        let mut held = std::collections::HashSet::new();
+        for tenant in self.tenants.values() {
+            let active = tenant.active();
+            held.extend(tenant.models.iter().chain(active.models()).map(|m| Arc::as_ptr(&m.model)));
+        }
+        held.len()
+    }
 }
 
 fn load_model(models: &ModelCache, config: &ModelConfig) -> Result<Arc<HeldModel>, LoadError> {
@@ -295,10 +337,14 @@ fn build_tenant(
         compiled_dir,
     };
     let mut modules = BTreeMap::new();
+    let mut examples = BTreeMap::new();
     for declaration in config.modules() {
         let resolved = resolve_module(runtime, declaration, &scope)
             .map_err(|source| NodeError::Module { tenant: tenant.clone(), source })?;
         modules.insert(declaration.id.to_string(), Arc::new(resolved.module));
+        if let ModuleSource::Builtin(example) = &declaration.source {
+            examples.insert(declaration.id.to_string(), example.clone());
+        }
     }
     Ok(Tenant {
         id: tenant,
@@ -306,6 +352,7 @@ fn build_tenant(
         key_hashes: config.key_sha256().to_vec(),
         models,
         modules,
+        examples,
         active: RwLock::default(),
     })
 }

@@ -275,6 +275,12 @@ impl GuestModule {
     pub fn limits(&self) -> ModuleLimits {
         self.limits
     }
+
+    /// The models the guest may load through `wasi:nn`, by the names it
+    /// loads them by.
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        self.grants.names()
+    }
 }
 
 /// What every module of one tenant shares: its live instances, and its

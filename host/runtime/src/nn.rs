@@ -42,6 +42,11 @@ impl Grants {
     fn get(&self, name: &str) -> Option<&(Arc<Model>, Arc<str>)> {
         self.models.get(name)
     }
+
+    /// The names a guest may load, `name` or `name@version`, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
 }
 
 /// A tensor resource, as the guest built it or a model returned it.

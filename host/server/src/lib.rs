@@ -1,5 +1,6 @@
 //! The HTTP node: guest routes, the KServe V2 inference protocol, health
-//! and metrics, over hyper through axum, in plain HTTP or TLS. Every
+//! and metrics, and the pages a person opens in a browser, over hyper
+//! through axum, in plain HTTP or TLS. Every
 //! request is authenticated, admitted within its tenant's limits, charged
 //! to its tenant, and tagged with a request id; guests and models run only
 //! through the `Runtime`.
@@ -7,6 +8,7 @@
 pub mod admin;
 mod admission;
 pub mod auth;
+pub mod catalog;
 mod error;
 mod extract;
 mod guest_route;
@@ -17,6 +19,7 @@ pub mod status;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+pub mod ui;
 
 use admission::{TenantGate, Turn};
 use axum::Router;
@@ -117,11 +120,13 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/t", get(catalog::catalog))
         .route("/t/{tenant}/{module}", any(guest_route::call))
         .route("/t/{tenant}/{module}/", any(guest_route::call_with_path))
         .route("/t/{tenant}/{module}/{*rest}", any(guest_route::call_with_path))
         .merge(kserve::routes())
         .merge(admin::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&server), observe))
@@ -300,7 +305,7 @@ async fn readyz(State(server): Shared) -> Response {
 
 async fn metrics_text(State(server): Shared) -> Response {
     let load = server.gates.iter().map(|(tenant, gate)| (tenant.clone(), gate.running(), gate.waiting()));
-    server.metrics.set_load(server.node.runtime.live_instances(), load);
+    server.metrics.set_load(server.node.runtime.live_instances(), server.node.models_held(), load);
     server.metrics.set_follows(&server.node.follows());
     for elapsed in server.node.models().take_load_times() {
         server.metrics.model_loaded(elapsed);

@@ -104,6 +104,7 @@ pub struct NodeMetrics {
     output_logged: Family<TenantLabels, Counter>,
     output_dropped: Family<TenantLabels, Counter>,
     live_instances: Gauge,
+    models_held: Gauge,
     running: Family<TenantLabels, Gauge>,
     queued: Family<TenantLabels, Gauge>,
     follow_serving: Family<FollowedLabels, Gauge>,
@@ -136,6 +137,7 @@ impl NodeMetrics {
             output_logged: Family::default(),
             output_dropped: Family::default(),
             live_instances: Gauge::default(),
+            models_held: Gauge::default(),
             running: Family::default(),
             queued: Family::default(),
             follow_serving: Family::default(),
@@ -202,6 +204,11 @@ impl NodeMetrics {
             metrics.output_dropped.clone(),
         );
         registry.register("live_instances", "Guest instances running now", metrics.live_instances.clone());
+        registry.register(
+            "models_held",
+            "Models the node holds, each once however many tenants and versions use it",
+            metrics.models_held.clone(),
+        );
         registry.register("running_requests", "Requests running now, by tenant", metrics.running.clone());
         registry.register("queued_requests", "Requests waiting for a turn, by tenant", metrics.queued.clone());
         registry.register(
@@ -276,8 +283,14 @@ impl NodeMetrics {
     }
 
     /// Sets the gauges that are read rather than counted.
-    pub fn set_load(&self, live_instances: usize, tenants: impl Iterator<Item = (String, usize, usize)>) {
+    pub fn set_load(
+        &self,
+        live_instances: usize,
+        models_held: usize,
+        tenants: impl Iterator<Item = (String, usize, usize)>,
+    ) {
         self.live_instances.set(live_instances as i64);
+        self.models_held.set(models_held as i64);
         for (tenant, running, queued) in tenants {
             self.running.get_or_create(&TenantLabels { tenant: tenant.clone() }).set(running as i64);
             self.queued.get_or_create(&TenantLabels { tenant }).set(queued as i64);

@@ -132,3 +132,48 @@ async fn admin_requests_are_counted_by_operation_and_status() {
         assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_answers_for_the_key_presented_and_refuses_a_wrong_one() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let app = app(data.path());
+    let (listed, body) = send(&app, get("/t", Some(&format!("Bearer {TENANT_KEY}")))).await;
+    assert_eq!(listed.status(), StatusCode::OK, "{body}");
+    let catalog: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(catalog["tenant"], "acme");
+    assert_eq!(catalog["open"], false);
+    assert_eq!(catalog["modules"], serde_json::json!([]), "nothing configured or deployed");
+
+    let (wrong, body) = send(&app, get("/t", Some("Bearer not-a-key"))).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_of(&body), "the API key is not valid");
+    let (none, body) = send(&app, get("/t", None)).await;
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_of(&body).contains("needs an API key"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_come_with_a_policy_that_keeps_them_on_the_node() {
+    let data = tempfile::tempdir().expect("a temp dir");
+    let app = app(data.path());
+    for (path, kind) in [("/", "text/html"), ("/console", "text/html"), ("/ui/try.js", "text/javascript")] {
+        let (page, body) = send(&app, get(path, None)).await;
+        assert_eq!(page.status(), StatusCode::OK, "{path}");
+        let header = |name| page.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert!(header(header::CONTENT_TYPE).starts_with(kind), "{path}: {}", header(header::CONTENT_TYPE));
+        let policy = header(header::CONTENT_SECURITY_POLICY);
+        for directive in ["default-src 'none'", "connect-src 'self'", "script-src 'self'", "frame-ancestors 'none'"] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert_eq!(header(header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+        assert!(!body.is_empty());
+
+        // The browser's copy is current: 304, no body.
+        let etag = header(header::ETAG);
+        let again = Request::get(path).header(header::IF_NONE_MATCH, &etag).body(Body::empty());
+        let (cached, body) = send(&app, again.expect("a valid request")).await;
+        assert_eq!((cached.status(), body.as_str()), (StatusCode::NOT_MODIFIED, ""), "{path}");
+    }
+    let (missing, _) = send(&app, get("/ui/nothing.js", None)).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}

@@ -107,7 +107,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         started.elapsed()
     )?;
     if open {
-        writeln!(out, "\nServing the bundled examples as tenant `{DEMO_TENANT}`, no API key needed. Try:\n")?;
+        writeln!(out, "\nServing the bundled examples as tenant `{DEMO_TENANT}`, no API key needed.")?;
+        writeln!(out, "Open {scheme}://{address}/ in a browser to try them, or:\n")?;
         let sample = args.models_dir.join("samples").join("chelsea.png");
         writeln!(out, "  curl --data-binary @{} http://{address}/t/{DEMO_TENANT}/image-classify\n", sample.display())?;
         for example in &EXAMPLES {

@@ -23,7 +23,7 @@ pub(crate) fn path(p: &Path) -> String {
 }
 
 /// A node with tenant `acme`, an operator token, and `trusted` signers.
-fn node_config(trusted: &[String]) -> String {
+pub(crate) fn node_config(trusted: &[String]) -> String {
     format!(
         "[node]\nadmin_token_sha256 = \"{}\"\ntrusted_signers = {trusted:?}\n\n\
          [[tenant]]\nid = \"acme\"\nkey_sha256 = [\"{}\"]\n",
@@ -34,7 +34,7 @@ fn node_config(trusted: &[String]) -> String {
 
 /// A bundle directory `greeter` at `version`, whose one module, `greet`,
 /// is the echo test guest configured to greet with `version`.
-fn greeter(root: &Path, version: &str) -> PathBuf {
+pub(crate) fn greeter(root: &Path, version: &str) -> PathBuf {
     let dir = root.join(format!("greeter-{version}"));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::copy(programs::ECHO, dir.join("greet.wasm")).expect("copy the guest");
@@ -59,7 +59,7 @@ pub(crate) fn pack(dir: &Path, key: Option<&Path>) -> PathBuf {
     out
 }
 
-fn deploy(node: &ServedNode, bundle: &Path) -> Finished {
+pub(crate) fn deploy(node: &ServedNode, bundle: &Path) -> Finished {
     mantle(&["deploy", &path(bundle), "--tenant", "acme", "--node", node.base(), "--token", OPERATOR_TOKEN])
 }
 
@@ -79,7 +79,7 @@ fn roll_back(node: &ServedNode) -> Finished {
 }
 
 /// What `greet` answers now: its greeting.
-fn greeting(node: &ServedNode) -> String {
+pub(crate) fn greeting(node: &ServedNode) -> String {
     let reply = node.post("/t/acme/greet", Some(TENANT_KEY), b"");
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.json()["greeting"].as_str().expect("a greeting").to_owned()

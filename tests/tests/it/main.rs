@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod batching;
+mod browser;
 mod bundle;
 mod cli;
 mod deploy;
