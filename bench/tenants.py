@@ -174,19 +174,31 @@ def measure_size(binaries, tenants, starts, requests, body):
 
 def measure(binaries, sizes, starts, requests, rounds):
     """Each size in turn, `rounds` times over; per size, the median of each
-    figure over the rounds. The latency under load moves by 10-20% from
-    one run to the next on a shared machine: the rounds take turns so that
-    a busy minute does not land on one size alone."""
+    figure over the rounds. The latency under load moves by 10-25% from
+    one run to the next on a shared machine, so the sizes take turns, in
+    the opposite order every other round (a machine slowing down through a
+    round does not always land on the last size), and each round's p50 is
+    also taken as a ratio to the first size's in the same round."""
     body = (harness.ROOT / harness.SAMPLES["image-classify"]).read_bytes()
     runs = {tenants: [] for tenants in sizes}
     for round_ in range(rounds):
-        for tenants in sizes:
+        order = sizes if round_ % 2 == 0 else list(reversed(sizes))
+        for tenants in order:
             print(f"  round {round_ + 1}/{rounds}: {tenants} tenants", flush=True)
             runs[tenants].append(measure_size(binaries, tenants, starts, requests, body))
+        reference = runs[sizes[0]][round_]["p50_ms"]
+        for tenants in sizes:
+            runs[tenants][round_]["p50_ratio"] = runs[tenants][round_]["p50_ms"] / reference
     return [
         {"tenants": tenants, **{key: statistics.median(r[key] for r in measured) for key in measured[0] if key != "tenants"}}
         for tenants, measured in runs.items()
     ]
+
+
+def sizes_first(results):
+    """The first size's name, as the ratio column says it."""
+    first = results[0]["tenants"]
+    return "1 tenant" if first == 1 else f"{first} tenants"
 
 
 def section(results, starts, requests, rounds):
@@ -200,16 +212,19 @@ def section(results, starts, requests, rounds):
         "last tenant's first answer. Idle RSS once it listens; \"loaded\" after the latency run. The",
         f"latency is one tenant's, {requests} requests one at a time, while {LOADERS} clients of {LOADERS} other",
         f"tenants each send one every {int(LOAD_INTERVAL * 1000)} ms (with one tenant, they send to it). The sizes",
-        f"take turns, {rounds} rounds; each figure is the median over the rounds. The line below the",
-        "table is the cost of each tenant added, from the first row to the last.",
+        f"take turns, {rounds} rounds, in the opposite order every other round; each figure is the",
+        f"median over the rounds, and \"p50 ÷ {sizes_first(results)}\" the median of each round's p50 over",
+        "the first size's in the same round. The line below the table is the cost of each tenant",
+        "added, from the first row to the last.",
         "",
-        "| tenants | listening s | first answer s | idle RSS MiB | loaded RSS MiB | p50 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| tenants | listening s | first answer s | idle RSS MiB | loaded RSS MiB | p50 ms | p99 ms "
+        f"| p50 ÷ {sizes_first(results)} |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(
             f"| {r['tenants']} | {r['listening_s']:.3f} | {r['first_answer_s']:.3f} | {r['idle_rss_mib']:.1f} "
-            f"| {r['loaded_rss_mib']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+            f"| {r['loaded_rss_mib']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['p50_ratio']:.2f}× |"
         )
     first, last = results[0], results[-1]
     added = last["tenants"] - first["tenants"]
@@ -220,7 +235,7 @@ def section(results, starts, requests, rounds):
             "",
             f"Per tenant added ({first['tenants']} → {last['tenants']}): {per_ms:.3f} ms of start and "
             f"{per_mib * 1024:.1f} KiB of idle RSS; the measured tenant's p50 is "
-            f"{last['p50_ms'] / first['p50_ms']:.2f}× the one-tenant figure.",
+            f"{last['p50_ratio']:.2f}× the one-tenant figure of the same round (the median over rounds).",
         ]
     lines.append("")
     return lines
