@@ -219,7 +219,7 @@ async function consolePage(browser) {
 }
 
 const browser = await chromium.launch({
-  executablePath: process.env.MANTLE_CHROMIUM || "/usr/bin/chromium",
+  executablePath: "/usr/bin/chromium",
   headless: true,
   args: [
     "--no-sandbox",

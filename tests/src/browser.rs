@@ -3,11 +3,11 @@
 //! the tests install them when they can, as they install Debian's other
 //! programs and `tritonclient`.
 
-use crate::{debian, repo_root, target_dir};
+use crate::{debian, repo_root, run_limited, target_dir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The directory holding `playwright-core`'s `node_modules`, installed from
 /// `tests/browser/package-lock.json` under the target directory, and
@@ -46,53 +46,18 @@ pub fn artifacts_dir() -> PathBuf {
 }
 
 /// Runs `tests/browser/pages.mjs` with `options` (its one JSON argument)
-/// in headless Chromium, within `limit`, and fails the test with what it
-/// printed unless every check in it held.
+/// in headless Chromium (Debian's, at `/usr/bin/chromium`), within
+/// `limit`, and fails the test with what it printed unless every check in
+/// it held.
 pub fn run_pages(options: &serde_json::Value, limit: Duration) {
-    let chromium = debian::program("chromium", "chromium");
-    let modules = node_modules();
-    let script = repo_root().join("tests/browser/pages.mjs");
-    // What it prints goes to a file: a pipe nobody reads until it exits
-    // could fill and stop it.
-    let log = tempfile::NamedTempFile::new().expect("a temp file");
-    let mut child = Command::new("node")
-        .arg(&script)
+    debian::program("chromium", "chromium");
+    let mut command = Command::new("node");
+    command
+        .arg(repo_root().join("tests/browser/pages.mjs"))
         .arg(options.to_string())
-        .env("MANTLE_NODE_MODULES", modules)
-        .env("MANTLE_CHROMIUM", which(&chromium))
-        .stdout(log.reopen().expect("reopen the log"))
-        .stderr(log.reopen().expect("reopen the log"))
-        .spawn()
-        .expect("node runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for node") {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let printed = std::fs::read_to_string(log.path()).unwrap_or_default();
-    match status {
-        Some(status) => assert!(status.success(), "the browser test failed:\n{printed}"),
-        None => panic!("the browser test took over {limit:?}:\n{printed}"),
-    }
+        .env("MANTLE_NODE_MODULES", node_modules());
+    let finished = run_limited(command, b"", limit);
+    let printed = format!("{}{}", String::from_utf8_lossy(&finished.stdout), finished.stderr);
+    assert_eq!(finished.code, Some(0), "the browser test failed:\n{printed}");
     print!("{printed}");
-}
-
-/// The full path of `program`, found on PATH.
-fn which(program: &Path) -> PathBuf {
-    if program.is_absolute() {
-        return program.to_owned();
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{} is not on PATH", program.display()))
 }

@@ -233,7 +233,7 @@ pub fn model_path(name: &str) -> PathBuf {
     models_dir().join(name).join("model.onnx")
 }
 
-/// What a finished `mantle` process left behind.
+/// What a finished process left behind.
 pub struct Finished {
     pub code: Option<i32>,
     pub stdout: Vec<u8>,
@@ -243,15 +243,22 @@ pub struct Finished {
 /// Runs `mantle` with `args`, feeding `stdin`, and kills it if it has not
 /// finished within `limit`.
 pub fn run_mantle(args: &[&std::ffi::OsStr], stdin: &[u8], limit: std::time::Duration) -> Finished {
+    let mut command = std::process::Command::new(mantle_binary());
+    command.args(args);
+    run_limited(command, stdin, limit)
+}
+
+/// Runs `command`, feeding `stdin` and reading what it prints as it runs,
+/// and kills it (failing the test) if it has not finished within `limit`.
+pub fn run_limited(mut command: std::process::Command, stdin: &[u8], limit: std::time::Duration) -> Finished {
     use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(mantle_binary())
-        .args(args)
+    use std::process::Stdio;
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("mantle starts");
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
     let mut input = child.stdin.take().expect("piped stdin");
     let stdin = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
@@ -272,12 +279,12 @@ pub fn run_mantle(args: &[&std::ffi::OsStr], stdin: &[u8], limit: std::time::Dur
     });
     let started = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for mantle") {
+        if let Some(status) = child.try_wait().expect("waiting for the process") {
             break status;
         }
         if started.elapsed() > limit {
             let _ = child.kill();
-            panic!("mantle {args:?} did not finish within {limit:?}");
+            panic!("{command:?} did not finish within {limit:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };

@@ -103,16 +103,7 @@ impl Tenant {
     /// Every model the tenant may use through KServe, by name, with its
     /// versions in order.
     pub fn models(&self) -> BTreeMap<String, Vec<String>> {
-        let active = self.active();
-        let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for model in self.models.iter().chain(active.models()) {
-            models.entry(model.name.clone()).or_default().push(model.version.clone());
-        }
-        for versions in models.values_mut() {
-            versions.sort_by(|a, b| compare_versions(a, b));
-            versions.dedup();
-        }
-        models
+        self.model_versions(|_| true)
     }
 
     /// Whether the configuration defines module `id`.
@@ -144,7 +135,22 @@ impl Tenant {
 
     /// Every version of `name` the tenant may use through KServe.
     pub fn versions(&self, name: &str) -> Vec<String> {
-        self.models().remove(name).unwrap_or_default()
+        self.model_versions(|model| model == name).remove(name).unwrap_or_default()
+    }
+
+    /// The versions of each model named `wanted` that the tenant may use
+    /// through KServe, in order.
+    fn model_versions(&self, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, Vec<String>> {
+        let active = self.active();
+        let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for model in self.models.iter().chain(active.models()).filter(|m| wanted(&m.name)) {
+            models.entry(model.name.clone()).or_default().push(model.version.clone());
+        }
+        for versions in models.values_mut() {
+            versions.sort_by(|a, b| compare_versions(a, b));
+            versions.dedup();
+        }
+        models
     }
 }
 
