@@ -4,6 +4,7 @@
 //! binary itself, run as a command or as a serving node.
 
 pub mod browser;
+pub mod componentize;
 pub mod crafted;
 pub mod debian;
 pub mod fleet;

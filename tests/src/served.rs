@@ -566,7 +566,7 @@ pub fn deploy_python() -> &'static Path {
 /// The virtual environment `venv` under the target directory, with the
 /// packages of `requirements` (relative to the repository root), made or
 /// remade when they changed.
-fn python_with(requirements: &str, venv: &str) -> PathBuf {
+pub(crate) fn python_with(requirements: &str, venv: &str) -> PathBuf {
     let requirements = repo_root().join(requirements);
     let wanted = std::fs::read_to_string(&requirements).unwrap_or_else(|e| panic!("{}: {e}", requirements.display()));
     let venv = target_dir().join(venv);

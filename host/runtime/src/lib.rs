@@ -429,8 +429,10 @@ impl Runtime {
         let path = cache_dir.join(format!("{key}.cwasm"));
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of an
-            // engine with these settings (its name says so), into the
-            // node's own data directory, which only the operator can write.
+            // engine with these settings (its name says so), into a
+            // directory only its owner can write: the node's data
+            // directory, or the cache directory of the user running
+            // `mantle run`.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(compiled) => return Ok((compiled, true)),
                 Err(e) => tracing::warn!(path = %path.display(), "recompiling: the cached code does not load: {e:#}"),

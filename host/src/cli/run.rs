@@ -73,6 +73,14 @@ pub struct RunArgs {
     /// own).
     #[arg(long, value_name = "MS", default_value_t = ModuleLimits::default().deadline.as_millis() as u64)]
     timeout_ms: u64,
+    /// Keep the guest's compiled code here: the next run of the same
+    /// component compiles nothing. [default: mantle/compiled in the user's
+    /// cache directory, such as ~/.cache/mantle/compiled]
+    #[arg(long, value_name = "DIR", env = "MANTLE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the guest afresh, and keep nothing.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
     /// How to reach the registry of an oci:// bundle.
     #[command(flatten)]
     access: super::registry::AccessArgs,
@@ -85,13 +93,14 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         ..RuntimeConfig::default()
     })?;
     let models = ModelCache::default();
+    let compiled_dir = compiled_dir(&args);
     let bundle = match &args.bundle {
         Some(source) => Some(open_bundle(source, &args.access).await?),
         None => None,
     };
     let module = tokio::task::block_in_place(|| match (&bundle, &args.module) {
-        (Some((bundle, source)), _) => from_bundle(&args, &runtime, &models, bundle, source),
-        (None, Some(module)) => from_module(&args, &runtime, &models, module),
+        (Some((bundle, source)), _) => from_bundle(&args, &runtime, &models, bundle, source, compiled_dir.as_deref()),
+        (None, Some(module)) => from_module(&args, &runtime, &models, module, compiled_dir.as_deref()),
         (None, None) => Err(anyhow::anyhow!("give a module or --bundle").into()),
     })?;
     let body = read_input(&args.input)?;
@@ -121,7 +130,13 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 
 /// The module at `path`, granted the models of `--model`, with the limits
 /// and config values of the command line.
-fn from_module(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Path) -> Result<GuestModule, Failure> {
+fn from_module(
+    args: &RunArgs,
+    runtime: &Runtime,
+    models: &ModelCache,
+    path: &Path,
+    compiled_dir: Option<&Path>,
+) -> Result<GuestModule, Failure> {
     for (model, ..) in &args.pins {
         if !args.models.iter().any(|(name, _)| name == model) {
             return Err(anyhow::anyhow!("--pin names model `{model}`, which no --model grants").into());
@@ -153,7 +168,7 @@ fn from_module(args: &RunArgs, runtime: &Runtime, models: &ModelCache, path: &Pa
         limits,
         config: args.config.iter().cloned().collect(),
     };
-    let scope = local_scope(&held, None);
+    let scope = local_scope(&held, None, compiled_dir);
     // Every refusal names the module, and a missing file its path.
     Ok(resolve_module(runtime, &declaration, &scope)?.module)
 }
@@ -186,6 +201,7 @@ fn from_bundle(
     models: &ModelCache,
     bundle: &Bundle,
     source: &str,
+    compiled_dir: Option<&Path>,
 ) -> Result<GuestModule, Failure> {
     if !args.trust.is_empty() {
         let trusted = args.trust.iter().map(|p| keys::read_verifying_key(p)).collect::<Result<Vec<_>, _>>()?;
@@ -220,16 +236,43 @@ fn from_bundle(
     }
     let mut declaration = module.clone();
     declaration.config.extend(args.config.iter().cloned());
-    let scope = local_scope(&held, Some(bundle));
+    let scope = local_scope(&held, Some(bundle), compiled_dir);
     let resolved =
         resolve_module(runtime, &declaration, &scope).with_context(|| format!("cannot run the bundle {source}"))?;
     Ok(resolved.module)
 }
 
 /// What a module run offline is resolved against: tenant `local`, the
-/// models given, no ceiling but the runtime's, and no compiled-code cache.
-fn local_scope<'a>(held: &'a [Arc<HeldModel>], bundle: Option<&'a Bundle>) -> Scope<'a> {
-    Scope { tenant: LOCAL_TENANT, models: held, ceiling: None, builtin_guests: &[], bundle, compiled_dir: None }
+/// models given, no ceiling but the runtime's, and the compiled-code cache
+/// in `compiled_dir`.
+fn local_scope<'a>(
+    held: &'a [Arc<HeldModel>],
+    bundle: Option<&'a Bundle>,
+    compiled_dir: Option<&'a Path>,
+) -> Scope<'a> {
+    Scope { tenant: LOCAL_TENANT, models: held, ceiling: None, builtin_guests: &[], bundle, compiled_dir }
+}
+
+/// Where compiled guests are kept between runs: `--cache-dir`, or
+/// `mantle/compiled` in the user's cache directory; none with
+/// `--no-cache`, or when the user has no cache directory. A directory made
+/// here is the user's alone: code loaded from it runs in this process.
+fn compiled_dir(args: &RunArgs) -> Option<PathBuf> {
+    if args.no_cache {
+        return None;
+    }
+    let dir = args.cache_dir.clone().or_else(|| Some(dirs::cache_dir()?.join("mantle").join("compiled")))?;
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        if let Err(e) = builder.create(&dir) {
+            tracing::warn!(dir = %dir.display(), "compiling without a cache: {e}");
+            return None;
+        }
+    }
+    Some(dir)
 }
 
 /// Parses `MODEL:DIM=SIZE`.

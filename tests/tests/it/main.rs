@@ -17,6 +17,7 @@ mod isolation;
 mod kubernetes;
 mod layers;
 mod ocr;
+mod python;
 mod registry;
 mod resample;
 mod serve;
