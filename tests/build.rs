@@ -3,9 +3,10 @@
 
 include!("../guest/build_support.rs");
 
-const TEST_PROGRAMS: [&str; 12] = [
+const TEST_PROGRAMS: [&str; 13] = [
     "echo",
     "hostile",
+    "http-proxy",
     "init-endless",
     "init-panic",
     "init-probe",

@@ -49,6 +49,37 @@ pub fn post(body: impl Into<Vec<u8>>) -> Request {
     Request { method: "POST".into(), path: "/".into(), query: String::new(), headers: Vec::new(), body: body.into() }
 }
 
+/// Has `module` misbehave in the ways a guest of another language offers
+/// at these paths: `/loop` (never returns), `/memory` (takes memory until
+/// refused) and `/respond?mib=N` (answers N MiB). Each is stopped with its
+/// own error while a neighbour tenant's request, sent at the same time, is
+/// answered; then the module still answers.
+pub async fn misbehaviour_is_stopped(module: &GuestModule) {
+    use mantle::runtime::MAX_RESPONSE_BYTES;
+    let node = node();
+    let echo = node.program(programs::ECHO, "tenant-neighbour", &[], ModuleLimits::default());
+    let with_a_neighbour = async |path: &str, query: String| {
+        let request = Request { path: path.to_owned(), query, ..post(Vec::new()) };
+        let (outcome, neighbour) =
+            tokio::join!(node.call(module, request), node.call_json(&echo, post(b"still here".to_vec())));
+        assert_eq!(neighbour["tenant"], "tenant-neighbour");
+        outcome
+    };
+    let error = with_a_neighbour("/loop", String::new()).await.expect_err("an endless loop");
+    assert!(matches!(error, HandleError::Deadline(_)), "{error:?}");
+    assert_eq!(http_status(&error), 504);
+
+    let error = with_a_neighbour("/memory", String::new()).await.expect_err("a memory bomb");
+    assert!(matches!(error, HandleError::MemoryLimit { .. }), "{error:?}");
+
+    let too_many = format!("mib={}", (MAX_RESPONSE_BYTES >> 20) + 1);
+    let error = with_a_neighbour("/respond", too_many).await.expect_err("too large");
+    assert!(matches!(error, HandleError::ResponseTooLarge { .. }), "{error:?}");
+
+    let answer = with_a_neighbour("/respond", "mib=1".to_owned()).await.expect("a small answer");
+    assert_eq!((answer.status, answer.body.len()), (200, 1 << 20));
+}
+
 /// The bundled examples' node, built as `mantle serve` builds it, shared by
 /// all tests of the process; test programs run on its runtime.
 pub struct Node {

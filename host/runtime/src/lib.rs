@@ -9,6 +9,7 @@ mod initialize;
 mod limits;
 pub mod nn;
 pub mod precheck;
+mod proxy;
 mod state;
 
 pub use bindings::mantle::edge::types::{Error as GuestError, Request, Response};
@@ -39,6 +40,8 @@ use wasmtime::{
     Trap, UpdateDeadline,
 };
 use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// Largest response a guest may give, headers and body together: twice a
 /// tenant's default request limit. The response has been copied out of the
@@ -52,10 +55,13 @@ pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
 /// commonly stop reading headers at 8 to 64 KiB.
 pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 << 10;
 
-/// Resources (streams, tensors, graphs, errors...) one request's guest may
-/// hold at once. A Rust guest needs a handful; the cap keeps a guest that
-/// makes them in a loop from growing the host's memory without bound.
-const MAX_RESOURCES: usize = 10_000;
+/// Resources (streams, tensors, graphs, `wasi:http` fields...) one
+/// request's guest may hold at once. A guest needs a handful; the cap keeps
+/// one that makes them in a loop from growing the host's memory without
+/// bound. Tensors are charged to the guest's memory account; header maps
+/// are not, and at [`proxy::FIELD_SIZE_LIMIT`] each this many of them take
+/// at most 256 MiB, the default memory limit of a guest.
+const MAX_RESOURCES: usize = 4096;
 
 /// Most random bytes a guest may ask for in one call.
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
@@ -247,8 +253,27 @@ impl<'a> ComponentBytes<'a> {
 /// limits it has been seen to start within. A thousand tenants running
 /// one guest hold it once.
 struct SharedGuest {
-    pre: GuestPre<GuestState>,
+    entry: Entry,
     started_within: Mutex<Vec<ModuleLimits>>,
+}
+
+/// How requests enter a component, by the world it was built for: the
+/// node tells them apart by their exports when it loads them.
+enum Entry {
+    /// `mantle:edge/guest`: `handler.handle` takes the request record.
+    Edge(GuestPre<GuestState>),
+    /// `wasi:http/proxy`: `incoming-handler.handle` takes a `wasi:http`
+    /// request and answers through its response outparam.
+    Http(ProxyPre<GuestState>),
+}
+
+impl Entry {
+    fn instance_pre(&self) -> &wasmtime::component::InstancePre<GuestState> {
+        match self {
+            Entry::Edge(pre) => pre.instance_pre(),
+            Entry::Http(pre) => pre.instance_pre(),
+        }
+    }
 }
 
 /// A compiled, pre-instantiated module, ready to serve requests. Its parts
@@ -354,6 +379,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         let link = |e: wasmtime::Error| SetupError::Engine(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        // `wasi:http` for components of the standard HTTP world; any guest
+        // may import it, and none may send a request through it.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
         crate::nn::add_to_linker(&mut linker, |state: &mut GuestState| {
             crate::nn::NnView::new(&mut state.nn, &mut state.table, &mut state.limiter)
         })
@@ -512,15 +540,20 @@ impl Runtime {
         Ok(made)
     }
 
-    /// `component` checked against the world and pre-instantiated.
+    /// `component` checked against its world, `mantle:edge/guest` or
+    /// `wasi:http/proxy`, and pre-instantiated.
     fn pre_instantiate(&self, module: &str, component: &Component) -> Result<SharedGuest, SetupError> {
         let world = |e: wasmtime::Error| SetupError::World {
             module: module.to_owned(),
             message: Untrusted::new(format!("{e:#}")),
         };
         let instance_pre = self.linker.instantiate_pre(component).map_err(world)?;
-        let pre = GuestPre::new(instance_pre).map_err(world)?;
-        Ok(SharedGuest { pre, started_within: Mutex::default() })
+        let entry = if proxy::exports_incoming_handler(&self.engine, component) {
+            Entry::Http(ProxyPre::new(instance_pre).map_err(world)?)
+        } else {
+            Entry::Edge(GuestPre::new(instance_pre).map_err(world)?)
+        };
+        Ok(SharedGuest { entry, started_within: Mutex::default() })
     }
 
     /// Compiles `wasm` for the module of `spec`; first pre-initializes it
@@ -580,7 +613,7 @@ impl Runtime {
             let started = Instant::now();
             let run = async {
                 let instance =
-                    module.guest.pre.instance_pre().instantiate_async(&mut store).await.map_err(Failed::Starting)?;
+                    module.guest.entry.instance_pre().instantiate_async(&mut store).await.map_err(Failed::Starting)?;
                 initialize::run_initializer(&mut store, &instance).await.map_err(Failed::Running)?;
                 Ok(instance)
             };
@@ -683,8 +716,11 @@ impl Runtime {
                 let outcome = executor.block_on(async {
                     let mut store = self.new_store(module, LogTags::loading(&module.tenant, &module.id));
                     let limits = module.limits;
-                    let instantiated =
-                        tokio::time::timeout(limits.deadline, module.guest.pre.instantiate_async(&mut store)).await;
+                    let instantiated = tokio::time::timeout(
+                        limits.deadline,
+                        module.guest.entry.instance_pre().instantiate_async(&mut store),
+                    )
+                    .await;
                     let outcome = match instantiated {
                         Err(_elapsed) => Err(HandleError::Deadline(limits.deadline)),
                         Ok(Ok(_)) => Ok(()),
@@ -746,8 +782,14 @@ impl Runtime {
         let mut store = self.new_store(module, tags);
         let started = Instant::now();
         let run = async {
-            let guest: Guest = module.guest.pre.instantiate_async(&mut store).await.map_err(Failed::Starting)?;
-            guest.mantle_edge_handler().call_handle(&mut store, &request).await.map_err(Failed::Running)
+            match &module.guest.entry {
+                Entry::Edge(pre) => {
+                    let guest: Guest = pre.instantiate_async(&mut store).await.map_err(Failed::Starting)?;
+                    let answer = guest.mantle_edge_handler().call_handle(&mut store, &request).await;
+                    Ok(answer.map_err(Failed::Running)?.map_err(HandleError::Guest))
+                }
+                Entry::Http(pre) => proxy::serve(&mut store, pre, &request).await,
+            }
         };
         // The epoch callback stops a guest that computes; this timeout also
         // stops one that waits on the host (sleeping, or a long inference).
@@ -769,7 +811,7 @@ impl Runtime {
             Ok(Err(Failed::Starting(error))) => Err(instantiation_failure(&error, store.data(), &limits)),
             Ok(Err(Failed::Running(trap))) => Err(classify_trap(&trap, store.data(), &limits, usage.guest_time)),
             Ok(Ok(Ok(response))) => checked_response(response),
-            Ok(Ok(Err(guest_error))) => Err(HandleError::Guest(guest_error)),
+            Ok(Ok(Err(refused))) => Err(refused),
         };
         (result, usage)
     }
@@ -816,8 +858,17 @@ impl Runtime {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         let deadline = Instant::now() + limits.deadline;
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(proxy::FIELD_SIZE_LIMIT);
+        let outgoing = proxy::OutgoingDenied::new(
+            Arc::clone(&tags.tenant),
+            Arc::clone(&tags.module),
+            Arc::clone(&tags.request_id),
+        );
         let state = GuestState {
             wasi,
+            http,
+            outgoing,
             table,
             nn: NnCtx::new(Arc::clone(&module.grants), Arc::clone(&self.pool), Arc::clone(&module.tenant), deadline),
             limiter: GuestLimiter::new(limits.memory_bytes),
@@ -850,7 +901,7 @@ impl Drop for Runtime {
 }
 
 /// Where a guest instance failed: as it was made, or in its handler.
-enum Failed {
+pub(crate) enum Failed {
     Starting(wasmtime::Error),
     Running(wasmtime::Error),
 }

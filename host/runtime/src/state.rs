@@ -1,18 +1,24 @@
-//! What one request's store holds: WASI, the resource table, the `wasi:nn`
-//! context, the limiter, the guest's output, and who the request is for;
-//! and the host side of the `mantle:edge/context` interface.
+//! What one request's store holds: WASI and `wasi:http`, the resource
+//! table, the `wasi:nn` context, the limiter, the guest's output, and who
+//! the request is for; and the host side of the `mantle:edge/context`
+//! interface.
 
 use super::bindings::mantle::edge::context::{self, LogLevel};
 use super::guest_output::{GuestOutput, Level, LogTags};
 use super::limits::GuestLimiter;
 use crate::nn::NnCtx;
+use crate::proxy::OutgoingDenied;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpCtx;
 
 pub(crate) struct GuestState {
     pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    /// Where the guest's outgoing HTTP requests go: nowhere.
+    pub(crate) outgoing: OutgoingDenied,
     pub(crate) table: ResourceTable,
     pub(crate) nn: NnCtx,
     pub(crate) limiter: GuestLimiter,

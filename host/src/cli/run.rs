@@ -60,6 +60,9 @@ pub struct RunArgs {
     /// The request path the guest sees.
     #[arg(long, default_value = "/")]
     path: String,
+    /// The query string the guest sees, without the leading `?`.
+    #[arg(long, default_value = "")]
+    query: String,
     /// The request method the guest sees.
     #[arg(long, default_value = "POST")]
     method: String,
@@ -107,7 +110,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let request = Request {
         method: args.method,
         path: args.path,
-        query: String::new(),
+        query: args.query,
         headers: args.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v.into_bytes())).collect(),
         body,
     };

@@ -11,6 +11,7 @@ mod fleet;
 mod follow;
 mod hostile;
 mod hostile_node;
+mod http_proxy;
 mod image_classify;
 mod initialize;
 mod isolation;

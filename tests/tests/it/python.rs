@@ -4,10 +4,10 @@
 //! statuses, and a Python guest that misbehaves, stopped while a
 //! neighbour is answered.
 
-use mantle::runtime::{GuestModule, HandleError, MAX_RESPONSE_BYTES, ModuleLimits, Request};
+use mantle::runtime::{GuestModule, ModuleLimits, Request};
 use mantle_tests::componentize::{PYTHON_PROBE, PYTHON_TEXT_EMBED, python_guest};
 use mantle_tests::served::{ServedNode, example_module, model_tables, tenant};
-use mantle_tests::{http_status, mantle_binary, model_grant, node, post, programs, run_limited};
+use mantle_tests::{http_status, mantle_binary, misbehaviour_is_stopped, model_grant, node, post, run_limited};
 use serde_json::Value;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -154,31 +154,7 @@ async fn the_python_package_turns_errors_into_statuses() {
     assert!(refused.to_string().contains("(security)"), "{refused}");
 }
 
-/// Runs `path` on the probe and, at the same time, a request of another
-/// tenant, which must get its answer.
-async fn with_a_neighbour(path: &str, query: &str) -> Result<mantle::runtime::Response, HandleError> {
-    let node = node();
-    let echo = node.program(programs::ECHO, "tenant-b", &[], ModuleLimits::default());
-    let (outcome, neighbour) =
-        tokio::join!(node.call(probe(), at(path, query)), node.call_json(&echo, post(b"still here".to_vec())));
-    assert_eq!(neighbour["tenant"], "tenant-b");
-    outcome
-}
-
 #[tokio::test]
 async fn a_python_guest_that_misbehaves_is_stopped_and_its_neighbour_served() {
-    let error = with_a_neighbour("/loop", "").await.expect_err("an endless loop");
-    assert!(matches!(error, HandleError::Deadline(_)), "{error:?}");
-    assert_eq!(http_status(&error), 504);
-
-    let error = with_a_neighbour("/memory", "").await.expect_err("a memory bomb");
-    assert!(matches!(error, HandleError::MemoryLimit { .. }), "{error:?}");
-
-    let limit_mib = MAX_RESPONSE_BYTES >> 20;
-    let error = with_a_neighbour("/respond", &format!("mib={}", limit_mib + 1)).await.expect_err("too large");
-    assert!(matches!(error, HandleError::ResponseTooLarge { .. }), "{error:?}");
-
-    // And it still answers.
-    let answer = with_a_neighbour("/respond", "mib=1").await.expect("a small answer");
-    assert_eq!((answer.status, answer.body.len()), (200, 1 << 20));
+    misbehaviour_is_stopped(probe()).await;
 }
