@@ -10,34 +10,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The directory holding `playwright-core`'s `node_modules`, installed from
-/// `tests/browser/package-lock.json` under the target directory, and
-/// installed again when the lockfile changes.
+/// `tests/browser/package-lock.json` under the target directory.
 fn node_modules() -> &'static Path {
     static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        debian::program("node", "nodejs");
-        debian::program("npm", "npm");
-        let source = repo_root().join("tests/browser");
-        let lock = std::fs::read_to_string(source.join("package-lock.json")).expect("read the browser tests' lockfile");
-        let dir = target_dir().join("browser-tests");
-        let stamp = dir.join("mantle-lockfile.json");
-        let modules = dir.join("node_modules");
-        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) && modules.exists() {
-            return modules;
-        }
-        std::fs::create_dir_all(&dir).expect("create the browser tests' directory");
-        for file in ["package.json", "package-lock.json"] {
-            std::fs::copy(source.join(file), dir.join(file)).expect("copy the browser tests' package files");
-        }
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs");
-        assert!(status.success(), "npm ci of tests/browser failed");
-        std::fs::write(&stamp, lock).expect("write the lockfile stamp");
-        modules
-    })
+    INSTALLED.get_or_init(|| crate::npm_installed("tests/browser", "browser-tests").join("node_modules"))
 }
 
 /// Where the browser tests leave their screenshots.

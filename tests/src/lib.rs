@@ -235,6 +235,37 @@ fn set_by_cargo_for_a_test(name: &str) -> bool {
         )
 }
 
+/// A directory `dir` under the target directory with the npm packages of
+/// `source`'s `package-lock.json` (a directory from the repository root)
+/// installed in its `node_modules`, installed again when the lockfile
+/// changes.
+pub fn npm_installed(source: &str, dir: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    debian::program("node", "nodejs");
+    debian::program("npm", "npm");
+    let source = repo_root().join(source);
+    let lock = std::fs::read_to_string(source.join("package-lock.json"))
+        .unwrap_or_else(|e| panic!("{}/package-lock.json: {e}", source.display()));
+    let dir = target_dir().join(dir);
+    let stamp = dir.join("mantle-lockfile.json");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(lock.as_str()) && dir.join("node_modules").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).expect("create the npm packages' directory");
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(source.join(file), dir.join(file)).expect("copy the package files");
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .expect("npm runs");
+    assert!(status.success(), "npm ci of {} failed", source.display());
+    std::fs::write(&stamp, lock).expect("write the lockfile stamp");
+    dir
+}
+
 /// `<target>/<profile>`, where the running test binary was built.
 fn profile_dir() -> PathBuf {
     let test_exe = std::env::current_exe().expect("the test binary knows its path");

@@ -1,11 +1,14 @@
-//! Guests written in Python with the `mantle_guest` package, built with
-//! `componentize-py` from PyPI: the text-embed example served next to the
-//! Rust one and giving the same embedding, the package's errors as
-//! statuses, and a Python guest that misbehaves, stopped while a
-//! neighbour is answered.
+//! Guests written in Python and JavaScript with the repository's guest
+//! packages, built with `componentize-py` from PyPI and `componentize-js`
+//! from npm: the text-embed examples served next to the Rust one and
+//! giving the same embedding, the Python package's errors as statuses,
+//! and a Python guest that misbehaves, stopped while a neighbour is
+//! answered.
 
 use mantle::runtime::{GuestModule, ModuleLimits, Request};
-use mantle_tests::componentize::{PYTHON_PROBE, PYTHON_TEXT_EMBED, python_guest};
+use mantle_tests::componentize::{
+    JAVASCRIPT_TEXT_EMBED, PYTHON_PROBE, PYTHON_TEXT_EMBED, javascript_guest, python_guest,
+};
 use mantle_tests::served::{ServedNode, example_module, model_tables, tenant};
 use mantle_tests::{http_status, mantle_binary, misbehaviour_is_stopped, model_grant, node, post, run_limited};
 use serde_json::Value;
@@ -52,8 +55,12 @@ fn largest_difference(a: &[f64], b: &[f64]) -> f64 {
 }
 
 #[test]
-fn the_python_text_embed_serves_the_rust_examples_embedding() {
+fn the_python_and_javascript_text_embeds_serve_the_rust_examples_embedding() {
     let python = python_guest(&PYTHON_TEXT_EMBED);
+    let javascript = javascript_guest(&JAVASCRIPT_TEXT_EMBED);
+    let module = |id: &str, path: &std::path::Path| {
+        format!("[[tenant.module]]\nid = \"{id}\"\npath = '{}'\nmodels = [\"{TEXT_MODEL}\"]\n\n", path.display())
+    };
     let config = format!(
         "{}{}",
         model_tables(&[TEXT_MODEL]),
@@ -61,27 +68,34 @@ fn the_python_text_embed_serves_the_rust_examples_embedding() {
             "alpha",
             KEY,
             &[TEXT_MODEL],
-            &format!(
-                "{}[[tenant.module]]\nid = \"text-embed-py\"\npath = '{}'\nmodels = [\"{TEXT_MODEL}\"]\n\n",
+            &[
                 example_module("text-embed", "text-embed", &[TEXT_MODEL]),
-                python.display()
-            )
+                module("text-embed-py", &python),
+                module("text-embed-js", &javascript),
+            ]
+            .concat()
         )
     );
     let served = ServedNode::with_config(&config);
+    let others = ["text-embed-py", "text-embed-js"];
     for text in texts() {
         let rust = served.post("/t/alpha/text-embed", Some(KEY), text.as_bytes());
-        let python = served.post("/t/alpha/text-embed-py", Some(KEY), text.as_bytes());
-        assert_eq!((rust.status, python.status), (200, 200), "{text:?}: {} / {}", rust.text(), python.text());
-        assert_eq!(python.header("content-type"), Some("application/json"));
-        let worst = largest_difference(&embedding(&rust.json(), "rust"), &embedding(&python.json(), "python"));
-        assert!(worst <= 1e-6, "{text:?}: the embeddings differ by up to {worst}");
+        assert_eq!(rust.status, 200, "{text:?}: {}", rust.text());
+        let expected = embedding(&rust.json(), "rust");
+        for other in others {
+            let answer = served.post(&format!("/t/alpha/{other}"), Some(KEY), text.as_bytes());
+            assert_eq!(answer.status, 200, "{other}, {text:?}: {}", answer.text());
+            assert_eq!(answer.header("content-type"), Some("application/json"), "{other}");
+            let worst = largest_difference(&expected, &embedding(&answer.json(), other));
+            assert!(worst <= 1e-6, "{other}, {text:?}: the embeddings differ from Rust's by up to {worst}");
+        }
     }
     // The same refusals as the Rust example, with the same statuses.
     for body in [&b""[..], b" \t\n", &[0xff, 0xfe, 0x00]] {
-        let rust = served.post("/t/alpha/text-embed", Some(KEY), body);
-        let python = served.post("/t/alpha/text-embed-py", Some(KEY), body);
-        assert_eq!((rust.status, python.status), (400, 400), "{body:?}: {} / {}", rust.text(), python.text());
+        for route in ["text-embed"].iter().chain(&others) {
+            let answer = served.post(&format!("/t/alpha/{route}"), Some(KEY), body);
+            assert_eq!(answer.status, 400, "{route}, {body:?}: {}", answer.text());
+        }
     }
 
     // Offline, `mantle run` gives the node's answer; the second run loads
