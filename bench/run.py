@@ -31,7 +31,10 @@ Measured so far:
      alone);
   8. dynamic batching: image-classify and KServe at concurrency 8 and 16
      with EfficientNet's batching off and on, and what a batch saves at
-     most in process (bench/batching.py, which also runs alone).
+     most in process (bench/batching.py, which also runs alone);
+  9. guests in Python and JavaScript: the text-embed pipeline in each
+     language beside the Rust example, compiled, loaded and served by one
+     runtime (bench/languages.py, which also runs alone).
 
 The report has a section per CPU: a run replaces the section of the CPU it
 ran on (its model and vector features) and keeps the others, so that
@@ -722,6 +725,12 @@ def main():
 
     batched = batching.measure(binaries, args.seconds, args.rounds)
 
+    print("guests in Python and JavaScript", file=sys.stderr)
+    import languages  # it builds on this module's helpers
+
+    language_runs = 100
+    spoken = languages.measure(binaries, language_runs)
+
     heading = SECTION + cpu["description"].replace("; vector features: ", " (") + ")"
     lowered = "" if cpu["chosen"] == cpu["detected"] else f", lowered from {cpu['detected']} by MANTLE_CPU_KERNELS"
     lines = [
@@ -903,6 +912,7 @@ def main():
     lines += follow.section(followed, args.follow_rounds)
     lines += tenants.section(scaled, args.starts, args.tenant_requests, args.tenant_rounds)
     lines += batching.section(batched, args.seconds, args.rounds)
+    lines += [""] + languages.section(spoken, language_runs)
     report = "\n".join(lines)
     write_report(heading, report)
     print(report)

@@ -30,6 +30,7 @@ use std::time::Instant;
 mod batch_ceiling;
 mod http_client;
 mod hyper_reference;
+mod languages;
 mod memory;
 mod sandbox;
 
@@ -82,6 +83,17 @@ enum Measure {
         #[arg(required = true)]
         models: Vec<String>,
     },
+    /// The text-embed pipeline in each language: the Rust example, then
+    /// each component given as `NAME=PATH` (the Python and JavaScript
+    /// examples): compile time, sizes, resident memory, and milliseconds
+    /// per request on the text in `text`, and on an empty body.
+    Languages {
+        models_dir: PathBuf,
+        runs: usize,
+        text: PathBuf,
+        #[arg(value_parser = example_body)]
+        components: Vec<(String, PathBuf)>,
+    },
     /// Microseconds to instantiate the no-op guest and call its handler.
     Instantiate { runs: usize },
     /// Microseconds per request: the no-op guest at `url`, the node's
@@ -128,6 +140,9 @@ fn main() -> anyhow::Result<()> {
         }
         Measure::BatchCeiling { models_dir, shapes, models } => {
             batch_ceiling::measure(&models_dir, &benched_models(&shapes)?, &models)?
+        }
+        Measure::Languages { models_dir, runs, text, components } => {
+            languages::measure(&models_dir, runs, &text, components)?
         }
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs, reference } => http(&node, &url, &key, runs, reference.as_deref())?,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// This process's resident memory, in bytes, after handing freed memory
 /// back to the system.
-fn resident_bytes() -> anyhow::Result<u64> {
+pub(crate) fn resident_bytes() -> anyhow::Result<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the system; it has no
     // preconditions and touches no memory in use.

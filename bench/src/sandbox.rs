@@ -117,7 +117,7 @@ pub fn snapshots(
 }
 
 /// A `POST /` with `body`, as a client of the example would send it.
-fn post(body: &[u8]) -> Request {
+pub(crate) fn post(body: &[u8]) -> Request {
     Request {
         method: "POST".to_owned(),
         path: "/".to_owned(),
