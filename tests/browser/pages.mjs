@@ -191,7 +191,10 @@ async function consolePage(browser) {
   await activate.click();
   await page.getByRole("dialog").getByRole("button", { name: "Activate" }).click();
   await page.getByText(`now serves version ${options.to}`).waitFor(WAIT);
+  // The list is read again after the message: wait for it to show the
+  // new version, then check it does.
   const active = page.locator(`[data-tenant="${options.tenant}"] tr[data-deployment="${options.deployment}"] .tag.active`);
+  await active.filter({ hasText: options.to }).waitFor(WAIT).catch(() => {});
   check((await active.textContent()).includes(options.to), `${options.to} is not shown active after activating it`);
 
   const after = await answer(page);
