@@ -83,7 +83,7 @@ def measure(binaries, runs):
         javascript_component(javascript)
         text.write_bytes(harness.TEXT_SAMPLE)
         command = [
-            str(binaries / "mantle-bench"), "languages", "models", str(runs), str(text),
+            str(binaries / "mantle-bench"), "languages", "models", str(runs), str(text), str(binaries / "mantle"),
             f"python={python}", f"javascript={javascript}",
         ]
         return json.loads(harness.run(command, capture_output=True, text=True).stdout)
@@ -129,8 +129,10 @@ def section(results, runs, alone=False):
         "(componentize-js, StarlingMonkey inside), on one runtime with the same model",
         "(`bench/languages.py`). Compile: `mantle compile-guest`'s work in process, once. Data: the",
         "bytes of data segments the component's memories start from, mapped copy-on-write per",
-        "instance. Resident: what the process gained loading the module (the Rust example's was",
-        "loaded, and pre-initialized, with the node), and over its first three requests. Then",
+        "instance. Resident: what the process gained loading the module as a node does (compiled by",
+        "`mantle compile-guest` into the code cache, and the code mapped from there; the Rust",
+        "example's was loaded, and pre-initialized, with the node), and over its first three",
+        "requests, code pages faulted in included. Then",
         f"{runs} rounds after 3 to warm up, the three taking turns request by request: the text",
         f"{harness.TEXT_SAMPLE.decode()!r}, and an empty body, which each refuses (400) right after",
         "it starts: the cost of an instance and a call. Every embedding is checked against the",

@@ -91,6 +91,8 @@ enum Measure {
         models_dir: PathBuf,
         runs: usize,
         text: PathBuf,
+        /// The `mantle` executable the components are compiled with.
+        mantle: PathBuf,
         #[arg(value_parser = example_body)]
         components: Vec<(String, PathBuf)>,
     },
@@ -141,8 +143,8 @@ fn main() -> anyhow::Result<()> {
         Measure::BatchCeiling { models_dir, shapes, models } => {
             batch_ceiling::measure(&models_dir, &benched_models(&shapes)?, &models)?
         }
-        Measure::Languages { models_dir, runs, text, components } => {
-            languages::measure(&models_dir, runs, &text, components)?
+        Measure::Languages { models_dir, runs, text, mantle, components } => {
+            languages::measure(&models_dir, runs, &text, &mantle, components)?
         }
         Measure::Instantiate { runs } => instantiate(runs)?,
         Measure::Http { node, url, key, runs, reference } => http(&node, &url, &key, runs, reference.as_deref())?,
