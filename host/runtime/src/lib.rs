@@ -117,7 +117,7 @@ pub enum SetupError {
     TooLarge { module: String, message: String },
     #[error("module `{module}` is too expensive to compile: {message}")]
     TooExpensive { module: String, message: String },
-    #[error("module `{module}` does not fit the mantle:edge/guest world: {message}")]
+    #[error("module `{module}` does not fit the mantle:edge/guest world, nor wasi:http/proxy: {message}")]
     World { module: String, message: Untrusted },
     #[error("module `{module}` has unusable limits: {message}")]
     Limits { module: String, message: String },
