@@ -4,9 +4,9 @@
 //! grants, limits, deadline and metrics, and with outgoing requests
 //! refused.
 
-use mantle::runtime::ModuleLimits;
+use mantle::runtime::{ModuleLimits, Request};
 use mantle_tests::served::{ServedNode, model_tables, tenant};
-use mantle_tests::{misbehaviour_is_stopped, model_grant, node, programs, run_mantle};
+use mantle_tests::{http_status, misbehaviour_is_stopped, model_grant, node, post, programs, run_mantle};
 use std::ffi::OsStr;
 use std::time::Duration;
 
@@ -106,5 +106,14 @@ fn mantle_run_runs_a_wasi_http_component_offline() {
 #[tokio::test]
 async fn a_wasi_http_component_that_misbehaves_is_stopped_and_its_neighbour_served() {
     let limits = ModuleLimits { deadline: Duration::from_secs(3), ..ModuleLimits::default() };
-    misbehaviour_is_stopped(&node().program(programs::HTTP_PROXY, "tenant-http", &[], limits)).await;
+    let proxy = node().program(programs::HTTP_PROXY, "tenant-http", &[], limits);
+    misbehaviour_is_stopped(&proxy).await;
+
+    // One that returns without answering gets a clear error, at once.
+    let silent = Request { path: "/silent".to_owned(), ..post(Vec::new()) };
+    let started = std::time::Instant::now();
+    let error = node().call(&proxy, silent).await.expect_err("no response");
+    assert!(started.elapsed() < Duration::from_secs(2), "it waited {:?}", started.elapsed());
+    assert_eq!(http_status(&error), 500);
+    assert!(error.to_string().contains("without setting a response"), "{error}");
 }

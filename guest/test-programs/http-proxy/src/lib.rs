@@ -2,7 +2,7 @@
 //! `wasip2` crate's bindings as a component for `wasmtime serve` or Spin
 //! is, that also imports `wasi:nn`. Its path says what it does: echo the
 //! request, run a model by name, send a request out, or misbehave (loop,
-//! take memory, answer too much).
+//! take memory, answer too much, or not at all).
 
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -55,6 +55,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Proxy {
                     hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
                 }
             }
+            // Returns without answering: the response outparam is dropped.
+            "/silent" => return,
             "/respond" => {
                 let mib: usize = param("mib").parse().unwrap_or(1);
                 return respond(out, 200, "application/octet-stream", &vec![b'x'; mib << 20]);
