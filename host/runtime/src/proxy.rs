@@ -87,7 +87,10 @@ pub(crate) type Served = Result<Result<Response, HandleError>, Failed>;
 /// answer is complete once the body is; the instance is then dropped,
 /// whatever it still meant to do.
 pub(crate) async fn serve(store: &mut Store<GuestState>, pre: &ProxyPre<GuestState>, request: &Request) -> Served {
-    let incoming = incoming_request(request);
+    let incoming = match incoming_request(request) {
+        Ok(incoming) => incoming,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let proxy = pre.instantiate_async(&mut *store).await.map_err(Failed::Starting)?;
     let http = store.data_mut();
@@ -140,8 +143,15 @@ pub(crate) async fn serve(store: &mut Store<GuestState>, pre: &ProxyPre<GuestSta
 
 /// The request record as a `wasi:http` request: the path and query the
 /// route left, and the authority from the `host` header (`localhost` when
-/// it has none, as offline).
-fn incoming_request(request: &Request) -> http::Request<Full<Bytes>> {
+/// it has none, as offline). A method that is not an HTTP token (only
+/// `mantle run --method` can give one) is refused.
+fn incoming_request(request: &Request) -> Result<http::Request<Full<Bytes>>, HandleError> {
+    let method = http::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+        HandleError::Guest(crate::GuestError::InvalidInput(format!(
+            "`{}` is not an HTTP method",
+            mantle_types::untrusted::escaped(&request.method)
+        )))
+    })?;
     let host = request
         .headers
         .iter()
@@ -158,7 +168,7 @@ fn incoming_request(request: &Request) -> http::Request<Full<Bytes>> {
         .or_else(|_| http::Uri::builder().scheme("http").authority("localhost").path_and_query("/").build())
         .unwrap_or_default();
     let mut built = http::Request::new(Full::new(Bytes::from(request.body.clone())));
-    *built.method_mut() = http::Method::from_bytes(request.method.as_bytes()).unwrap_or(http::Method::GET);
+    *built.method_mut() = method;
     *built.uri_mut() = uri;
     for (name, value) in &request.headers {
         if let (Ok(name), Ok(value)) =
@@ -167,7 +177,7 @@ fn incoming_request(request: &Request) -> http::Request<Full<Bytes>> {
             built.headers_mut().append(name, value);
         }
     }
-    built
+    Ok(built)
 }
 
 /// The body, read frame by frame up to [`MAX_RESPONSE_BYTES`].
