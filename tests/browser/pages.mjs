@@ -50,6 +50,19 @@ async function refused(page, step) {
   }
 }
 
+/** Fills the field labelled `label` with a wrong `value` and presses
+ * `button`; returns the message the page shows in `shownIn` for the
+ * node's 401. */
+async function refusal(page, { label, value, button, shownIn }) {
+  await page.getByLabel(label).fill(value);
+  const message = page.locator(shownIn);
+  await refused(page, async () => {
+    await page.getByRole("button", { name: button }).click();
+    await message.waitFor(WAIT);
+  });
+  return (await message.textContent()).trim();
+}
+
 async function newPage(browser, width) {
   const context = await browser.newContext({ viewport: { width, height: 900 }, deviceScaleFactor: 1 });
   context.on("request", (request) => {
@@ -124,13 +137,12 @@ async function tryPage(browser) {
 
     // A wrong key: the node's own 401 message.
     await page.getByRole("button", { name: "Use another key" }).click();
-    await page.getByLabel("Tenant API key").fill("not-a-key-of-this-node");
-    const refusal = page.locator("#access-error .error");
-    await refused(page, async () => {
-      await page.getByRole("button", { name: "Use this key" }).click();
-      await refusal.waitFor(WAIT);
+    const shown = await refusal(page, {
+      label: "Tenant API key",
+      value: "not-a-key-of-this-node",
+      button: "Use this key",
+      shownIn: "#access-error .error",
     });
-    const shown = (await refusal.textContent()).trim();
     check(shown === "401: the API key is not valid", `a wrong key showed "${shown}"`);
     await screenshot(page, `try-wrong-key-${width}`);
     await context.close();
@@ -167,13 +179,12 @@ async function consolePage(browser) {
 
   await page.goto(`${options.base}/console`);
   // A wrong token first: the node's own words.
-  await page.getByLabel("Operator token").fill("not-the-operator-token");
-  const refusal = page.locator("#login-error .error");
-  await refused(page, async () => {
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await refusal.waitFor(WAIT);
+  const shown = await refusal(page, {
+    label: "Operator token",
+    value: "not-the-operator-token",
+    button: "Sign in",
+    shownIn: "#login-error .error",
   });
-  const shown = (await refusal.textContent()).trim();
   check(shown === "401: the operator token is not valid", `a wrong token showed "${shown}"`);
 
   await page.getByLabel("Operator token").fill(options.token);

@@ -788,7 +788,8 @@ impl Runtime {
                     let answer = guest.mantle_edge_handler().call_handle(&mut store, &request).await;
                     Ok(answer.map_err(Failed::Running)?.map_err(HandleError::Guest))
                 }
-                Entry::Http(pre) => proxy::serve(&mut store, pre, &request).await,
+                // The request is the component's to keep: its body is moved.
+                Entry::Http(pre) => proxy::serve(&mut store, pre, request).await,
             }
         };
         // The epoch callback stops a guest that computes; this timeout also
@@ -860,11 +861,7 @@ impl Runtime {
         let deadline = Instant::now() + limits.deadline;
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(proxy::FIELD_SIZE_LIMIT);
-        let outgoing = proxy::OutgoingDenied::new(
-            Arc::clone(&tags.tenant),
-            Arc::clone(&tags.module),
-            Arc::clone(&tags.request_id),
-        );
+        let outgoing = proxy::OutgoingDenied::new(tags.clone());
         let state = GuestState {
             wasi,
             http,

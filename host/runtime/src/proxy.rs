@@ -4,12 +4,12 @@
 //! its response is gathered within the node's limits. Their outgoing
 //! requests are refused: no host is granted to a guest.
 
+use crate::guest_output::LogTags;
 use crate::state::GuestState;
-use crate::{Failed, HandleError, MAX_RESPONSE_BYTES, Request, Response};
+use crate::{Failed, GuestError, HandleError, MAX_RESPONSE_BYTES, Request, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::future::Future;
-use std::sync::Arc;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -35,15 +35,13 @@ pub(crate) fn exports_incoming_handler(engine: &Engine, component: &Component) -
 /// grants no host to a guest. The guest sees `HTTP-request-denied`; the
 /// node's log says so once per request.
 pub(crate) struct OutgoingDenied {
-    tenant: Arc<str>,
-    module: Arc<str>,
-    request_id: Arc<str>,
+    tags: LogTags,
     logged: bool,
 }
 
 impl OutgoingDenied {
-    pub(crate) fn new(tenant: Arc<str>, module: Arc<str>, request_id: Arc<str>) -> Self {
-        OutgoingDenied { tenant, module, request_id, logged: false }
+    pub(crate) fn new(tags: LogTags) -> Self {
+        OutgoingDenied { tags, logged: false }
     }
 }
 
@@ -61,7 +59,7 @@ impl WasiHttpHooks for OutgoingDenied {
     ) -> Box<dyn Future<Output = SentResponse> + Send> {
         if !std::mem::replace(&mut self.logged, true) {
             tracing::warn!(
-                tenant = %self.tenant, module = %self.module, request_id = %self.request_id,
+                tenant = %self.tags.tenant, module = %self.tags.module, request_id = %self.tags.request_id,
                 uri = %mantle_types::untrusted::escaped(&request.uri().to_string()),
                 "refused the guest's outgoing HTTP request: no host is granted to guests"
             );
@@ -86,7 +84,7 @@ pub(crate) type Served = Result<Result<Response, HandleError>, Failed>;
 /// body larger than the channel between them does not stall it. The
 /// answer is complete once the body is; the instance is then dropped,
 /// whatever it still meant to do.
-pub(crate) async fn serve(store: &mut Store<GuestState>, pre: &ProxyPre<GuestState>, request: &Request) -> Served {
+pub(crate) async fn serve(store: &mut Store<GuestState>, pre: &ProxyPre<GuestState>, request: Request) -> Served {
     let incoming = match incoming_request(request) {
         Ok(incoming) => incoming,
         Err(refused) => return Ok(Err(refused)),
@@ -141,17 +139,19 @@ pub(crate) async fn serve(store: &mut Store<GuestState>, pre: &ProxyPre<GuestSta
     Ok(Ok(Response { status: parts.status.as_u16(), headers, body }))
 }
 
-/// The request record as a `wasi:http` request: the path and query the
-/// route left, and the authority from the `host` header (`localhost` when
-/// it has none, as offline). A method that is not an HTTP token (only
-/// `mantle run --method` can give one) is refused.
-fn incoming_request(request: &Request) -> Result<http::Request<Full<Bytes>>, HandleError> {
-    let method = http::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
-        HandleError::Guest(crate::GuestError::InvalidInput(format!(
-            "`{}` is not an HTTP method",
-            mantle_types::untrusted::escaped(&request.method)
+/// The request record as a `wasi:http` request, its body moved, not
+/// copied: the path and query the route left, and the authority from the
+/// `host` header (`localhost` when it has none, as offline). A method or a
+/// path that HTTP cannot carry (only `mantle run` can give one) is refused.
+fn incoming_request(request: Request) -> Result<http::Request<Full<Bytes>>, HandleError> {
+    let refuse = |what: &str, text: &str| {
+        HandleError::Guest(GuestError::InvalidInput(format!(
+            "`{}` is not {what}",
+            mantle_types::untrusted::escaped(text)
         )))
-    })?;
+    };
+    let method =
+        http::Method::from_bytes(request.method.as_bytes()).map_err(|_| refuse("an HTTP method", &request.method))?;
     let host = request
         .headers
         .iter()
@@ -159,15 +159,14 @@ fn incoming_request(request: &Request) -> Result<http::Request<Full<Bytes>>, Han
         .and_then(|(_, value)| http::uri::Authority::try_from(value.as_slice()).ok())
         .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
     let path_and_query =
-        if request.query.is_empty() { request.path.clone() } else { format!("{}?{}", request.path, request.query) };
+        if request.query.is_empty() { request.path } else { format!("{}?{}", request.path, request.query) };
     let uri = http::Uri::builder()
         .scheme(http::uri::Scheme::HTTP)
         .authority(host)
         .path_and_query(path_and_query.as_str())
         .build()
-        .or_else(|_| http::Uri::builder().scheme("http").authority("localhost").path_and_query("/").build())
-        .unwrap_or_default();
-    let mut built = http::Request::new(Full::new(Bytes::from(request.body.clone())));
+        .map_err(|_| refuse("a path and query HTTP can carry", &path_and_query))?;
+    let mut built = http::Request::new(Full::new(Bytes::from(request.body)));
     *built.method_mut() = method;
     *built.uri_mut() = uri;
     for (name, value) in &request.headers {
@@ -199,15 +198,14 @@ async fn gather(mut body: HyperOutgoingBody) -> Result<Vec<u8>, HandleError> {
 }
 
 /// The component answered with a `wasi:http` error instead of a
-/// response, or its body failed.
+/// response, or its body failed: its own failure, as an `internal` error
+/// of a `mantle:edge` guest is (500).
 fn component_error(error: &str) -> HandleError {
-    HandleError::Trap(mantle_types::untrusted::Untrusted::new(format!(
-        "the component did not complete its response: {error}"
-    )))
+    HandleError::Guest(GuestError::Internal(format!("the component did not complete its response: {error}")))
 }
 
 fn no_response() -> HandleError {
-    HandleError::Trap(mantle_types::untrusted::Untrusted::new(
+    HandleError::Guest(GuestError::Internal(
         "the component returned without setting a response (response-outparam.set was never called)".to_owned(),
     ))
 }
